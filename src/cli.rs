@@ -1,0 +1,148 @@
+//! The command line: `serve`, `check-config`, `--help`, `--version`.
+//! Parsing is here; the work is in `server` and `config`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::config::{Config, DEFAULT_PATH};
+
+const USAGE: &str = "\
+jetkvm-metrics: authenticated Prometheus metrics for the JetKVM
+
+USAGE:
+    jetkvm-metrics serve [--config FILE]
+    jetkvm-metrics check-config [--config FILE]
+    jetkvm-metrics --help | --version
+
+COMMANDS:
+    serve         Run the daemon: serve /, /healthz and an authenticated
+                  /metrics until SIGTERM or SIGINT. SIGHUP re-reads the
+                  device's auth state and forgets remembered credentials.
+    check-config  Validate the configuration and every file it names. Prints
+                  OK, or one line per problem, and exits non-zero on problems.
+
+OPTIONS:
+    -c, --config FILE  Configuration file (TOML). Without it,
+                       /etc/jetkvm-metrics/config.toml is read if it exists,
+                       else built-in defaults apply. A named file that is
+                       missing or invalid is an error.
+    -h, --help         Print this help.
+    -V, --version      Print the version.
+
+ENVIRONMENT:
+    RUST_LOG           Log filter for stderr (default: info), e.g. debug.
+";
+
+enum Command {
+    Serve,
+    CheckConfig,
+}
+
+struct Args {
+    command: Command,
+    config: Option<PathBuf>,
+}
+
+enum Parsed {
+    Run(Args),
+    Help,
+    Version,
+}
+
+fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_iter(args);
+    let mut command = None;
+    let mut config = None;
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Parsed::Help),
+            Short('V') | Long("version") => return Ok(Parsed::Version),
+            Short('c') | Long("config") => {
+                config = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?));
+            }
+            Value(v) if command.is_none() => {
+                command = Some(match v.to_str() {
+                    Some("serve") => Command::Serve,
+                    Some("check-config") => Command::CheckConfig,
+                    Some("help") => return Ok(Parsed::Help),
+                    _ => return Err(format!("unknown command {:?} (try --help)", v.to_string_lossy())),
+                });
+            }
+            other => return Err(format!("{} (try --help)", other.unexpected())),
+        }
+    }
+    match command {
+        Some(command) => Ok(Parsed::Run(Args { command, config })),
+        None => Err("missing command: serve or check-config (try --help)".into()),
+    }
+}
+
+/// Runs the command line and returns the exit code.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
+    // lexopt's from_iter takes the first item as the program name.
+    let parsed = match parse(args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("jetkvm-metrics: {e}");
+            return 2;
+        }
+    };
+    match parsed {
+        Parsed::Help => {
+            print!("{USAGE}");
+            0
+        }
+        Parsed::Version => {
+            println!("jetkvm-metrics {} ({})", env!("CARGO_PKG_VERSION"), crate::TARGET);
+            0
+        }
+        Parsed::Run(Args { command: Command::CheckConfig, config }) => check_config(config),
+        Parsed::Run(Args { command: Command::Serve, config }) => serve(config),
+    }
+}
+
+fn check_config(path: Option<PathBuf>) -> i32 {
+    let problems = match Config::load(path.as_deref()) {
+        Ok(c) => c.check_files(),
+        Err(problems) => problems,
+    };
+    if problems.is_empty() {
+        println!("OK");
+        0
+    } else {
+        for p in &problems {
+            println!("{p}");
+        }
+        1
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .init();
+    let config = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(problems) => {
+            // One line per problem; the first is enough to act on.
+            for p in &problems {
+                eprintln!("jetkvm-metrics: {p}");
+            }
+            return 1;
+        }
+    };
+    if let Some(p) = config.check_roots().first() {
+        eprintln!("jetkvm-metrics: {p}");
+        return 1;
+    }
+    if path.is_none() && config.source != DEFAULT_PATH {
+        log::info!("no {DEFAULT_PATH}: using built-in defaults");
+    }
+    match crate::server::run(config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("jetkvm-metrics: {e}");
+            1
+        }
+    }
+}

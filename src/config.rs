@@ -1,0 +1,373 @@
+//! Configuration: strict TOML (unknown keys are errors) turned into a
+//! validated [`Config`]. Every problem is reported as one line naming the
+//! file, the key and the reason. This module does not open sockets or read
+//! device state; `check` only verifies that the files it names are usable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Read when `--config` is not given, if it exists.
+pub const DEFAULT_PATH: &str = "/etc/jetkvm-metrics/config.toml";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where this configuration came from, for messages.
+    pub source: String,
+    pub listen_addr: SocketAddr,
+    pub device_config: PathBuf,
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+    pub version_file: PathBuf,
+    pub connection_ports: Vec<u16>,
+    pub filesystems: Vec<PathBuf>,
+    pub workers: usize,
+    pub limits: Limits,
+    pub auth: Auth,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Open connections at once; past it the oldest idle one is closed.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head, also the idle
+    /// time allowed between keep-alive requests.
+    pub header_timeout: Duration,
+    /// Time a write may make no progress before the connection is dropped.
+    pub write_timeout: Duration,
+    /// Largest request head accepted (hyper's read buffer; at least 8192).
+    pub max_header_bytes: usize,
+    /// Most header fields accepted in one request.
+    pub max_headers: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Auth {
+    /// bcrypt verifications running at once, off the request workers.
+    pub bcrypt_concurrency: usize,
+    /// bcrypt verifications allowed to wait; past it a request is answered
+    /// 503 at once instead of queueing.
+    pub bcrypt_queue: usize,
+    /// Verified and refused passwords remembered (as keyed MACs).
+    pub cache_entries: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: "built-in defaults".into(),
+            listen_addr: "0.0.0.0:3080".parse().expect("valid literal"),
+            device_config: "/userdata/kvm_config.json".into(),
+            proc_root: "/proc".into(),
+            sys_root: "/sys".into(),
+            version_file: "/version".into(),
+            connection_ports: vec![80, 443, 8554],
+            filesystems: vec!["/".into(), "/userdata".into()],
+            workers: 1,
+            limits: Limits {
+                max_connections: 64,
+                header_timeout: Duration::from_secs(10),
+                write_timeout: Duration::from_secs(10),
+                max_header_bytes: 8192,
+                max_headers: 64,
+            },
+            auth: Auth { bcrypt_concurrency: 1, bcrypt_queue: 4, cache_entries: 16 },
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen_addr: Option<String>,
+    device_config: Option<PathBuf>,
+    proc_root: Option<PathBuf>,
+    sys_root: Option<PathBuf>,
+    version_file: Option<PathBuf>,
+    connection_ports: Option<Vec<i64>>,
+    filesystems: Option<Vec<PathBuf>>,
+    workers: Option<i64>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    auth: RawAuth,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<i64>,
+    header_timeout: Option<String>,
+    write_timeout: Option<String>,
+    max_header_bytes: Option<i64>,
+    max_headers: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    bcrypt_concurrency: Option<i64>,
+    bcrypt_queue: Option<i64>,
+    cache_entries: Option<i64>,
+}
+
+/// Collects problems as "config FILE: key "K": REASON" lines.
+struct Problems<'a> {
+    file: &'a str,
+    lines: Vec<String>,
+}
+
+impl Problems<'_> {
+    fn key(&mut self, key: &str, reason: impl std::fmt::Display) {
+        self.lines.push(format!("config {}: key \"{key}\": {reason}", self.file));
+    }
+
+    fn int(&mut self, key: &str, v: Option<i64>, min: i64, max: i64, default: usize) -> usize {
+        match v {
+            None => default,
+            Some(n) if (min..=max).contains(&n) => n as usize,
+            Some(n) => {
+                self.key(key, format_args!("{n} is out of range {min}..={max}"));
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, v: Option<&str>, default: Duration) -> Duration {
+        match v.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) => d,
+            Some(Ok(_)) => {
+                self.key(key, "must be between 100ms and 1h");
+                default
+            }
+            Some(Err(e)) => {
+                self.key(key, e);
+                default
+            }
+        }
+    }
+
+    fn path(&mut self, key: &str, v: Option<PathBuf>, default: PathBuf) -> PathBuf {
+        match v {
+            None => default,
+            Some(p) if p.is_absolute() => p,
+            Some(p) => {
+                self.key(key, format_args!("{:?} is not an absolute path", p.display().to_string()));
+                default
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or [`DEFAULT_PATH`] if it exists, or the defaults.
+    /// A named file that is missing is an error.
+    pub fn load(path: Option<&Path>) -> Result<Config, Vec<String>> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| vec![format!("config {}: {}", path.display(), io_reason(&e))])?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `file` names it in messages.
+    pub fn parse(text: &str, file: &str) -> Result<Config, Vec<String>> {
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            let msg = e.message().replace('`', "\"");
+            vec![match line {
+                Some(l) => format!("config {file}: line {l}: {msg}"),
+                None => format!("config {file}: {msg}"),
+            }]
+        })?;
+        let d = Config::default();
+        let mut p = Problems { file, lines: Vec::new() };
+
+        let listen_addr = match raw.listen_addr {
+            None => d.listen_addr,
+            Some(s) => s.parse().unwrap_or_else(|_| {
+                p.key("listen_addr", format_args!("{s:?} is not an IP:port socket address"));
+                d.listen_addr
+            }),
+        };
+        let connection_ports = match raw.connection_ports {
+            None => d.connection_ports,
+            Some(v) => {
+                let mut ports = Vec::new();
+                for n in v {
+                    match u16::try_from(n) {
+                        Ok(port) if port > 0 && !ports.contains(&port) => ports.push(port),
+                        Ok(port) if port > 0 => p.key("connection_ports", format_args!("port {port} is listed twice")),
+                        _ => p.key("connection_ports", format_args!("{n} is not a TCP port")),
+                    }
+                }
+                ports
+            }
+        };
+        let filesystems = match raw.filesystems {
+            None => d.filesystems,
+            Some(v) => {
+                let mut out: Vec<PathBuf> = Vec::new();
+                for f in v {
+                    if !f.is_absolute() {
+                        p.key("filesystems", format_args!("{:?} is not an absolute path", f.display().to_string()));
+                    } else if out.contains(&f) {
+                        p.key("filesystems", format_args!("{:?} is listed twice", f.display().to_string()));
+                    } else {
+                        out.push(f);
+                    }
+                }
+                out
+            }
+        };
+        let dl = &d.limits;
+        let limits = Limits {
+            max_connections: p.int("limits.max_connections", raw.limits.max_connections, 1, 100_000, dl.max_connections),
+            header_timeout: p.duration("limits.header_timeout", raw.limits.header_timeout.as_deref(), dl.header_timeout),
+            write_timeout: p.duration("limits.write_timeout", raw.limits.write_timeout.as_deref(), dl.write_timeout),
+            max_header_bytes: p.int("limits.max_header_bytes", raw.limits.max_header_bytes, 8192, 1 << 20, dl.max_header_bytes),
+            max_headers: p.int("limits.max_headers", raw.limits.max_headers, 8, 1000, dl.max_headers),
+        };
+        let da = &d.auth;
+        let auth = Auth {
+            bcrypt_concurrency: p.int("auth.bcrypt_concurrency", raw.auth.bcrypt_concurrency, 1, 64, da.bcrypt_concurrency),
+            bcrypt_queue: p.int("auth.bcrypt_queue", raw.auth.bcrypt_queue, 0, 1024, da.bcrypt_queue),
+            cache_entries: p.int("auth.cache_entries", raw.auth.cache_entries, 1, 1024, da.cache_entries),
+        };
+        let config = Config {
+            source: file.to_owned(),
+            listen_addr,
+            device_config: p.path("device_config", raw.device_config, d.device_config),
+            proc_root: p.path("proc_root", raw.proc_root, d.proc_root),
+            sys_root: p.path("sys_root", raw.sys_root, d.sys_root),
+            version_file: p.path("version_file", raw.version_file, d.version_file),
+            connection_ports,
+            filesystems,
+            workers: p.int("workers", raw.workers, 1, 64, d.workers),
+            limits,
+            auth,
+        };
+        if p.lines.is_empty() {
+            Ok(config)
+        } else {
+            Err(p.lines)
+        }
+    }
+
+    /// Problems that stop `serve`: roots the collectors cannot work without.
+    pub fn check_roots(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, dir) in [("proc_root", &self.proc_root), ("sys_root", &self.sys_root)] {
+            if !dir.is_dir() {
+                out.push(format!("config {}: key \"{key}\": {} is not a directory", self.source, dir.display()));
+            }
+        }
+        out
+    }
+
+    /// Everything `check-config` verifies beyond syntax: the roots and every
+    /// file the configuration names.
+    pub fn check_files(&self) -> Vec<String> {
+        let mut out = self.check_roots();
+        if let Err(e) = crate::device::DeviceConfig::load(&self.device_config) {
+            out.push(format!("config {}: key \"device_config\": {e}", self.source));
+        }
+        for f in &self.filesystems {
+            if let Err(e) = nix::sys::statvfs::statvfs(f) {
+                out.push(format!("config {}: key \"filesystems\": {}: {e}", self.source, f.display()));
+            }
+        }
+        out
+    }
+}
+
+/// "10s", "500ms", "2m", "1h".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as \"10s\""))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is not a duration such as \"10s\" (units: ms, s, m, h)"))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// An I/O error as a short lowercase reason, without Rust's "(os error N)".
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => {
+            let s = e.to_string();
+            match s.find(" (os error") {
+                Some(i) => s[..i].to_lowercase(),
+                None => s.to_lowercase(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_from_empty_file() {
+        let c = Config::parse("", "c.toml").unwrap();
+        assert_eq!(c.listen_addr, "0.0.0.0:3080".parse().unwrap());
+        assert_eq!(c.connection_ports, vec![80, 443, 8554]);
+        assert_eq!(c.workers, 1);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let e = Config::parse("workers = 1\nlisten = \"x\"\n", "/etc/c.toml").unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("config /etc/c.toml: line 2: unknown field \"listen\""), "{}", e[0]);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let text = "listen_addr = \"nope\"\nconnection_ports = [0, 70000, 80, 80]\nproc_root = \"rel\"\n\
+                    [limits]\nheader_timeout = \"5 parsecs\"\nmax_header_bytes = 10\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        let joined = e.join("\n");
+        for needle in [
+            "key \"listen_addr\"",
+            "0 is not a TCP port",
+            "70000 is not a TCP port",
+            "port 80 is listed twice",
+            "key \"proc_root\"",
+            "key \"limits.header_timeout\"",
+            "key \"limits.max_header_bytes\"",
+        ] {
+            assert!(joined.contains(needle), "{needle} missing from:\n{joined}");
+        }
+        assert_eq!(e.len(), 7);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "s", "10", "10 s", "-1s", "1d", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

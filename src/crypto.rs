@@ -1,0 +1,66 @@
+//! The few primitives the daemon needs, all from OpenSSL: random bytes,
+//! HMAC-SHA256 and constant-time comparison.
+
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::sign::Signer;
+
+/// Fills a buffer from OpenSSL's CSPRNG. Failing to get randomness is not
+/// recoverable for a security daemon.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    openssl::rand::rand_bytes(&mut buf).expect("OpenSSL random number generator failed");
+    buf
+}
+
+/// Compares secrets in time independent of where they differ. Lengths are
+/// not secret here (tokens and MACs have fixed lengths).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && openssl::memcmp::eq(a, b)
+}
+
+/// HMAC-SHA256 under a key chosen at start and never stored.
+pub struct Mac {
+    key: PKey<Private>,
+}
+
+impl Mac {
+    pub fn new_random() -> Mac {
+        let key = PKey::hmac(&random_bytes::<32>()).expect("HMAC key");
+        Mac { key }
+    }
+
+    /// MAC over the parts, each prefixed with its length so that
+    /// ("ab", "c") and ("a", "bc") differ.
+    pub fn sign(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let mut s = Signer::new(MessageDigest::sha256(), &self.key).expect("HMAC signer");
+        for p in parts {
+            s.update(&(p.len() as u64).to_be_bytes()).expect("HMAC update");
+            s.update(p).expect("HMAC update");
+        }
+        s.sign(&mut out).expect("HMAC sign");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_separates_parts_and_keys() {
+        let m = Mac::new_random();
+        assert_eq!(m.sign(&[b"a", b"bc"]), m.sign(&[b"a", b"bc"]));
+        assert_ne!(m.sign(&[b"ab", b"c"]), m.sign(&[b"a", b"bc"]));
+        assert_ne!(Mac::new_random().sign(&[b"x"]), m.sign(&[b"x"]));
+    }
+
+    #[test]
+    fn ct_eq_works() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+        assert!(ct_eq(b"", b""));
+    }
+}

@@ -1,0 +1,25 @@
+//! jetkvm-metrics: an authenticated Prometheus exporter for the JetKVM.
+//!
+//! Modules, one concern each:
+//! - `cli`: the command line (`serve`, `check-config`)
+//! - `config`: strict TOML into a validated `Config`
+//! - `device`: the device's auth state (`kvm_config.json`), fail closed
+//! - `auth`: one module per credential and the one function that decides
+//! - `collectors`: device state read on scrape, one file per collector
+//! - `exposition`: the text format writer
+//! - `server`: listeners, limits, routes
+//! - `telemetry`: the daemon's own counters
+//! - `crypto`: OpenSSL primitives (random, HMAC, constant-time compare)
+
+pub mod auth;
+pub mod cli;
+pub mod collectors;
+pub mod config;
+pub mod crypto;
+pub mod device;
+pub mod exposition;
+pub mod server;
+pub mod telemetry;
+
+/// The target triple this binary was built for.
+pub const TARGET: &str = env!("JETKVM_METRICS_TARGET");
