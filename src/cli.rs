@@ -119,8 +119,7 @@ fn check_config(path: Option<PathBuf>) -> i32 {
 }
 
 fn serve(path: Option<PathBuf>) -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
         Err(problems) => {

@@ -203,7 +203,9 @@ impl Config {
                 for n in v {
                     match u16::try_from(n) {
                         Ok(port) if port > 0 && !ports.contains(&port) => ports.push(port),
-                        Ok(port) if port > 0 => p.key("connection_ports", format_args!("port {port} is listed twice")),
+                        Ok(port) if port > 0 => {
+                            p.key("connection_ports", format_args!("port {port} is listed twice"))
+                        }
                         _ => p.key("connection_ports", format_args!("{n} is not a TCP port")),
                     }
                 }
@@ -216,7 +218,10 @@ impl Config {
                 let mut out: Vec<PathBuf> = Vec::new();
                 for f in v {
                     if !f.is_absolute() {
-                        p.key("filesystems", format_args!("{:?} is not an absolute path", f.display().to_string()));
+                        p.key(
+                            "filesystems",
+                            format_args!("{:?} is not an absolute path", f.display().to_string()),
+                        );
                     } else if out.contains(&f) {
                         p.key("filesystems", format_args!("{:?} is listed twice", f.display().to_string()));
                     } else {
@@ -228,15 +233,41 @@ impl Config {
         };
         let dl = &d.limits;
         let limits = Limits {
-            max_connections: p.int("limits.max_connections", raw.limits.max_connections, 1, 100_000, dl.max_connections),
-            header_timeout: p.duration("limits.header_timeout", raw.limits.header_timeout.as_deref(), dl.header_timeout),
-            write_timeout: p.duration("limits.write_timeout", raw.limits.write_timeout.as_deref(), dl.write_timeout),
-            max_header_bytes: p.int("limits.max_header_bytes", raw.limits.max_header_bytes, 8192, 1 << 20, dl.max_header_bytes),
+            max_connections: p.int(
+                "limits.max_connections",
+                raw.limits.max_connections,
+                1,
+                100_000,
+                dl.max_connections,
+            ),
+            header_timeout: p.duration(
+                "limits.header_timeout",
+                raw.limits.header_timeout.as_deref(),
+                dl.header_timeout,
+            ),
+            write_timeout: p.duration(
+                "limits.write_timeout",
+                raw.limits.write_timeout.as_deref(),
+                dl.write_timeout,
+            ),
+            max_header_bytes: p.int(
+                "limits.max_header_bytes",
+                raw.limits.max_header_bytes,
+                8192,
+                1 << 20,
+                dl.max_header_bytes,
+            ),
             max_headers: p.int("limits.max_headers", raw.limits.max_headers, 8, 1000, dl.max_headers),
         };
         let da = &d.auth;
         let auth = Auth {
-            bcrypt_concurrency: p.int("auth.bcrypt_concurrency", raw.auth.bcrypt_concurrency, 1, 64, da.bcrypt_concurrency),
+            bcrypt_concurrency: p.int(
+                "auth.bcrypt_concurrency",
+                raw.auth.bcrypt_concurrency,
+                1,
+                64,
+                da.bcrypt_concurrency,
+            ),
             bcrypt_queue: p.int("auth.bcrypt_queue", raw.auth.bcrypt_queue, 0, 1024, da.bcrypt_queue),
             cache_entries: p.int("auth.cache_entries", raw.auth.cache_entries, 1, 1024, da.cache_entries),
         };
@@ -265,7 +296,11 @@ impl Config {
         let mut out = Vec::new();
         for (key, dir) in [("proc_root", &self.proc_root), ("sys_root", &self.sys_root)] {
             if !dir.is_dir() {
-                out.push(format!("config {}: key \"{key}\": {} is not a directory", self.source, dir.display()));
+                out.push(format!(
+                    "config {}: key \"{key}\": {} is not a directory",
+                    self.source,
+                    dir.display()
+                ));
             }
         }
         out

@@ -117,7 +117,10 @@ pub fn is_supported_bcrypt(h: &str) -> bool {
         && matches!(b[2], b'a' | b'b' | b'y')
         && b[3] == b'$'
         && b[6] == b'$'
-        && std::str::from_utf8(&b[4..6]).ok().and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| (4..=31).contains(&c))
+        && std::str::from_utf8(&b[4..6])
+            .ok()
+            .and_then(|c| c.parse::<u32>().ok())
+            .is_some_and(|c| (4..=31).contains(&c))
         && b[7..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
 }
 
@@ -246,7 +249,9 @@ impl DeviceState {
         if changed || c.key.is_none() {
             match &state {
                 Ok(d) => log::info!("device config {}: auth mode {}", self.path.display(), d.mode.label()),
-                Err(e) => log::warn!("device config {}: {e}; refusing device credentials", self.path.display()),
+                Err(e) => {
+                    log::warn!("device config {}: {e}; refusing device credentials", self.path.display())
+                }
             }
         }
         self.load_ok.store(state.is_ok(), Ordering::Relaxed);
@@ -291,7 +296,8 @@ impl DeviceState {
 /// Whether the file was modified too recently for its stat to identify its
 /// content (timestamps have coarse ticks).
 fn is_racy(meta: &std::fs::Metadata) -> bool {
-    let mtime = UNIX_EPOCH + Duration::new(meta.mtime().max(0) as u64, meta.mtime_nsec().clamp(0, 999_999_999) as u32);
+    let mtime = UNIX_EPOCH
+        + Duration::new(meta.mtime().max(0) as u64, meta.mtime_nsec().clamp(0, 999_999_999) as u32);
     match SystemTime::now().duration_since(mtime) {
         Ok(age) => age < RACY_WINDOW,
         Err(_) => true, // modified "in the future": do not trust
@@ -354,7 +360,13 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let d = DeviceConfig::parse(format!(r#"{{"localAuthMode":"password","hashed_password":"{HASH}","local_auth_token":"sekrit"}}"#).as_bytes()).unwrap();
+        let d = DeviceConfig::parse(
+            format!(
+                r#"{{"localAuthMode":"password","hashed_password":"{HASH}","local_auth_token":"sekrit"}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
         let s = format!("{d:?}");
         assert!(!s.contains("sekrit") && !s.contains(HASH), "{s}");
     }

@@ -93,7 +93,8 @@ pub async fn bind(config: &Config) -> Result<TcpListener, String> {
 /// Resolves on SIGTERM or SIGINT; SIGHUP is handled inside `serve`.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         log::error!("cannot install signal handlers");
         return std::future::pending().await;
     };
@@ -105,12 +106,14 @@ async fn shutdown_signal() {
 
 /// Accepts connections on `listener` until `shutdown` resolves, then lets
 /// open requests finish for up to [`SHUTDOWN_GRACE`].
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     log::info!("listening on http://{addr} (/, /healthz, /metrics)");
-    log::warn!(
-        "{addr} is plain HTTP: a device password sent with basic auth crosses the network in clear"
-    );
+    log::warn!("{addr} is plain HTTP: a device password sent with basic auth crosses the network in clear");
     let tracker = Arc::new(Tracker::new(app.config.limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -244,7 +247,8 @@ async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     let mut resp = match req.uri().path() {
         "/" => {
             let mut r = text(StatusCode::OK, LANDING);
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -285,7 +289,9 @@ fn refuse(app: &App, reason: Reason, peer: SocketAddr) -> Resp {
     app.telemetry.auth_failure(reason);
     app.refusal_log.log(|| format!("refused /metrics from {peer}: {}", reason.label()));
     match reason {
-        Reason::MalformedAuthorization | Reason::MalformedCookie => text(StatusCode::BAD_REQUEST, "bad request\n"),
+        Reason::MalformedAuthorization | Reason::MalformedCookie => {
+            text(StatusCode::BAD_REQUEST, "bad request\n")
+        }
         Reason::Busy => {
             let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "busy, retry later\n");
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -319,7 +325,8 @@ pub fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
 
 fn gzip_bytes(body: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    let mut enc =
+        flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(body);
     enc.finish().unwrap_or_default()
@@ -455,7 +462,9 @@ impl<T> TimedIo<T> {
                 let timeout = self.timeout;
                 let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled"))),
+                    Poll::Ready(()) => {
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -464,7 +473,11 @@ impl<T> TimedIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }

@@ -16,6 +16,7 @@ use base64::Engine;
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use tokio::sync::Semaphore;
 
+use super::Malformed;
 use crate::crypto::{ct_eq, Mac};
 
 /// bcrypt looks at 72 bytes at most; longer passwords are refused rather
@@ -35,26 +36,26 @@ pub enum Authorization {
 
 /// Parses the request's `Authorization`. `Ok(None)` when absent, `Err` when
 /// malformed (repeated header, bad base64, no colon, non-ASCII).
-pub fn parse(headers: &HeaderMap) -> Result<Option<Authorization>, ()> {
+pub fn parse(headers: &HeaderMap) -> Result<Option<Authorization>, Malformed> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
-        return Err(());
+        return Err(Malformed);
     }
-    let value = value.to_str().map_err(|_| ())?;
+    let value = value.to_str().map_err(|_| Malformed)?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| ())?;
-        let colon = decoded.iter().position(|b| *b == b':').ok_or(())?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| Malformed)?;
+        let colon = decoded.iter().position(|b| *b == b':').ok_or(Malformed)?;
         Ok(Some(Authorization::Basic(decoded[colon + 1..].to_vec())))
     } else if scheme.eq_ignore_ascii_case("bearer") {
         if rest.is_empty() || rest.contains(' ') {
-            return Err(());
+            return Err(Malformed);
         }
         Ok(Some(Authorization::Bearer(rest.to_owned())))
     } else if scheme.is_empty() {
-        Err(())
+        Err(Malformed)
     } else {
         Ok(Some(Authorization::Other))
     }
@@ -90,7 +91,11 @@ impl PasswordVerifier {
     pub fn new(concurrency: usize, queue: usize, capacity: usize) -> Self {
         PasswordVerifier {
             mac: Mac::new_random(),
-            remembered: Mutex::new(Remembered { hash_mac: [0; 32], ok: VecDeque::new(), wrong: VecDeque::new() }),
+            remembered: Mutex::new(Remembered {
+                hash_mac: [0; 32],
+                ok: VecDeque::new(),
+                wrong: VecDeque::new(),
+            }),
             capacity,
             permits: Arc::new(Semaphore::new(concurrency)),
             in_flight: AtomicUsize::new(0),
@@ -177,8 +182,11 @@ impl PasswordVerifier {
         let hash = hash.to_owned();
         let password = password.to_vec();
         let job = tokio::task::spawn_blocking(move || {
-            // A malformed hash cannot verify anything: refuse.
-            bcrypt::non_truncating_verify(&password, &hash).unwrap_or(false)
+            // Lengths over 72 were refused above; at 72 and below this
+            // matches Go's bcrypt (the device's), which appends a NUL that
+            // the key schedule never reaches. A malformed hash verifies
+            // nothing.
+            bcrypt::verify(&password, &hash).unwrap_or(false)
         });
         job.await.ok()
     }
@@ -200,7 +208,10 @@ mod tests {
     #[test]
     fn parses_headers() {
         // "user:pa:ss" -> password "pa:ss"
-        assert_eq!(parse(&with(&[b"Basic dXNlcjpwYTpzcw=="])), Ok(Some(Authorization::Basic(b"pa:ss".to_vec()))));
+        assert_eq!(
+            parse(&with(&[b"Basic dXNlcjpwYTpzcw=="])),
+            Ok(Some(Authorization::Basic(b"pa:ss".to_vec())))
+        );
         assert_eq!(parse(&with(&[b"basic   Onh4"])), Ok(Some(Authorization::Basic(b"xx".to_vec()))));
         assert_eq!(parse(&with(&[b"Bearer abc"])), Ok(Some(Authorization::Bearer("abc".into()))));
         assert_eq!(parse(&with(&[b"Digest x"])), Ok(Some(Authorization::Other)));
@@ -212,16 +223,16 @@ mod tests {
         for bad in [
             &b"Basic"[..],
             b"Basic !!!",
-            b"Basic dXNlcg==", // "user": no colon
+            b"Basic dXNlcg==",       // "user": no colon
             b"Basic dXNlcjpwYTpzcw", // missing padding
             b"Bearer",
             b"Bearer a b",
             b" ",
             b"Basic \xc3\xa9",
         ] {
-            assert_eq!(parse(&with(&[bad])), Err(()), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(parse(&with(&[bad])), Err(Malformed), "{:?}", String::from_utf8_lossy(bad));
         }
-        assert_eq!(parse(&with(&[b"Basic Onh4", b"Basic Onh4"])), Err(()));
+        assert_eq!(parse(&with(&[b"Basic Onh4", b"Basic Onh4"])), Err(Malformed));
     }
 
     #[tokio::test]
@@ -230,9 +241,15 @@ mod tests {
         let h1 = bcrypt::hash("one", 4).unwrap();
         let h2 = bcrypt::hash("two", 4).unwrap();
         assert_eq!(v.verify(&h1, b"one").await, Verdict::Ok);
-        assert_eq!(v.recall(&v.mac.sign(&[h1.as_bytes()]), &v.mac.sign(&[h1.as_bytes(), b"one"])), Some(true));
+        assert_eq!(
+            v.recall(&v.mac.sign(&[h1.as_bytes()]), &v.mac.sign(&[h1.as_bytes(), b"one"])),
+            Some(true)
+        );
         assert_eq!(v.verify(&h1, b"bad").await, Verdict::Wrong);
-        assert_eq!(v.recall(&v.mac.sign(&[h1.as_bytes()]), &v.mac.sign(&[h1.as_bytes(), b"bad"])), Some(false));
+        assert_eq!(
+            v.recall(&v.mac.sign(&[h1.as_bytes()]), &v.mac.sign(&[h1.as_bytes(), b"bad"])),
+            Some(false)
+        );
         // New hash: the old password is checked again, and fails.
         assert_eq!(v.verify(&h2, b"one").await, Verdict::Wrong);
         assert_eq!(v.verify(&h2, b"two").await, Verdict::Ok);
@@ -243,7 +260,11 @@ mod tests {
     async fn bounded_queue_answers_busy() {
         let v = Arc::new(PasswordVerifier::new(1, 0, 4));
         let h = bcrypt::hash("x", 8).unwrap();
-        let a = { let v = v.clone(); let h = h.clone(); tokio::spawn(async move { v.verify(&h, b"y").await }) };
+        let a = {
+            let v = v.clone();
+            let h = h.clone();
+            tokio::spawn(async move { v.verify(&h, b"y").await })
+        };
         tokio::task::yield_now().await;
         while v.in_flight.load(Ordering::Acquire) == 0 {
             tokio::task::yield_now().await;

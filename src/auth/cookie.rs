@@ -3,16 +3,17 @@
 
 use hyper::header::{HeaderMap, COOKIE};
 
+use super::Malformed;
 use crate::crypto::ct_eq;
 
 pub const NAME: &str = "authToken";
 
 /// Every `authToken` value the request carries (a browser may send two with
 /// different paths). `Err` if a Cookie header is not visible ASCII.
-pub fn session_tokens(headers: &HeaderMap) -> Result<Vec<&str>, ()> {
+pub fn session_tokens(headers: &HeaderMap) -> Result<Vec<&str>, Malformed> {
     let mut out = Vec::new();
     for value in headers.get_all(COOKIE) {
-        let value = value.to_str().map_err(|_| ())?;
+        let value = value.to_str().map_err(|_| Malformed)?;
         for pair in value.split(';') {
             let Some((name, v)) = pair.trim().split_once('=') else { continue };
             if name.trim() == NAME {

@@ -14,6 +14,10 @@ use crate::config::Config;
 use crate::device::{AuthMode, DeviceState, Unavailable};
 use basic::{Authorization, PasswordVerifier, Verdict};
 
+/// A credential header that does not parse: answered 400.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Malformed;
+
 /// How a request was allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {

@@ -27,11 +27,8 @@ impl Collector for Cpu {
         let path = under(&self.procfs, "stat");
         let ticks = parse(&read(&path)?).ok_or_else(|| parse_error(&path, "malformed cpu line"))?;
         let hz = user_hz();
-        let mut f = out.family(
-            "jetkvm_cpu_seconds_total",
-            "Seconds the CPUs spent in each mode.",
-            Kind::Counter,
-        );
+        let mut f =
+            out.family("jetkvm_cpu_seconds_total", "Seconds the CPUs spent in each mode.", Kind::Counter);
         for (mode, t) in MODES.iter().zip(ticks) {
             f.sample(&[("mode", mode)], t as f64 / hz);
         }

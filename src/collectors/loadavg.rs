@@ -23,9 +23,8 @@ impl Collector for LoadAvg {
     fn update(&self, out: &mut Exposition) -> Result<()> {
         let path = under(&self.procfs, "loadavg");
         let loads = parse(&read(&path)?).ok_or_else(|| parse_error(&path, "malformed"))?;
-        for (name, v) in ["jetkvm_system_load1", "jetkvm_system_load5", "jetkvm_system_load15"]
-            .iter()
-            .zip(loads)
+        for (name, v) in
+            ["jetkvm_system_load1", "jetkvm_system_load5", "jetkvm_system_load15"].iter().zip(loads)
         {
             out.single(name, "Load average over the named number of minutes.", Kind::Gauge, v);
         }

@@ -49,8 +49,7 @@ impl Collector for NetDev {
 pub fn parse(text: &str) -> std::result::Result<Vec<(String, [u64; 16])>, String> {
     let mut lines = text.lines();
     // Two header lines: "Inter-|   Receive ..." and " face |bytes ...".
-    if !matches!((lines.next(), lines.next()), (Some(a), Some(b)) if a.contains('|') && b.contains('|'))
-    {
+    if !matches!((lines.next(), lines.next()), (Some(a), Some(b)) if a.contains('|') && b.contains('|')) {
         return Err("missing header lines".into());
     }
     let mut out = Vec::new();
@@ -58,8 +57,7 @@ pub fn parse(text: &str) -> std::result::Result<Vec<(String, [u64; 16])>, String
         if line.trim().is_empty() {
             continue;
         }
-        let (name, rest) =
-            line.split_once(':').ok_or_else(|| format!("line {}: no colon", n + 3))?;
+        let (name, rest) = line.split_once(':').ok_or_else(|| format!("line {}: no colon", n + 3))?;
         let name = name.trim();
         if name.is_empty() {
             return Err(format!("line {}: empty interface name", n + 3));
@@ -97,7 +95,12 @@ mod tests {
     fn malformed() {
         assert!(super::parse("").is_err());
         assert!(super::parse("eth0: 1 2 3\n").is_err());
-        for body in ["eth0 1 2 3\n", "eth0: 1 2 3\n", ": 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n", "eth0: x 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"] {
+        for body in [
+            "eth0 1 2 3\n",
+            "eth0: 1 2 3\n",
+            ": 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
+            "eth0: x 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
+        ] {
             assert!(super::parse(&format!("{HEADER}{body}")).is_err(), "{body:?}");
         }
     }

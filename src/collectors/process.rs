@@ -87,7 +87,10 @@ mod tests {
     fn stat_with_odd_comm() {
         let t = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 2 0 500 1000000 250 18446744073709551615";
         let s = super::parse_stat(t).unwrap();
-        assert_eq!((s.utime, s.stime, s.threads, s.starttime, s.vsize, s.rss_pages), (7, 3, 2, 500, 1000000, 250));
+        assert_eq!(
+            (s.utime, s.stime, s.threads, s.starttime, s.vsize, s.rss_pages),
+            (7, 3, 2, 500, 1000000, 250)
+        );
         assert!(super::parse_stat("42 (a) S 1").is_none());
         assert!(super::parse_stat("no paren").is_none());
     }

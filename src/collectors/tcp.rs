@@ -108,7 +108,8 @@ pub fn parse_sockets(text: &str) -> std::result::Result<Vec<(u16, u8)>, String> 
 mod tests {
     use super::parse_sockets;
 
-    const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+    const HEADER: &str =
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
 
     #[test]
     fn ipv4_and_ipv6_rows() {
@@ -124,13 +125,13 @@ mod tests {
     #[test]
     fn malformed() {
         for body in [
-            "0: 0100007F:0050\n",                          // too few fields
-            "0: 0100007F 00000000:0000 0A\n",              // no colon
-            "0: 0100007F:ZZZZ 00000000:0000 0A\n",         // bad hex port
-            "0: 0100007F:10000 00000000:0000 0A\n",        // port overflow
-            "0: 0100007F:0050 00000000:0000 0C\n",         // unknown state
-            "0: 0100007F:0050 00000000:0000 00\n",         // state 0
-            "0: 0100007F:0050 00000000:0000 XY\n",         // bad hex state
+            "0: 0100007F:0050\n",                   // too few fields
+            "0: 0100007F 00000000:0000 0A\n",       // no colon
+            "0: 0100007F:ZZZZ 00000000:0000 0A\n",  // bad hex port
+            "0: 0100007F:10000 00000000:0000 0A\n", // port overflow
+            "0: 0100007F:0050 00000000:0000 0C\n",  // unknown state
+            "0: 0100007F:0050 00000000:0000 00\n",  // state 0
+            "0: 0100007F:0050 00000000:0000 XY\n",  // bad hex state
         ] {
             assert!(parse_sockets(&format!("{HEADER}{body}")).is_err(), "{body:?}");
         }

@@ -46,11 +46,7 @@ impl Collector for Thermal {
             return Err(Error::NoData(format!("{}: no readable thermal zone", self.dir.display())));
         }
         zones.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let mut f = out.family(
-            "jetkvm_thermal_zone_celsius",
-            "Temperature of a thermal zone.",
-            Kind::Gauge,
-        );
+        let mut f = out.family("jetkvm_thermal_zone_celsius", "Temperature of a thermal zone.", Kind::Gauge);
         for (_, zone, kind, temp) in &zones {
             f.sample(&[("zone", zone), ("type", kind)], *temp);
         }

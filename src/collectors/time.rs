@@ -25,12 +25,7 @@ impl Collector for Time {
         let uptime = parse_uptime(&read(&path)?).ok_or_else(|| parse_error(&path, "malformed"))?;
         let path = under(&self.procfs, "stat");
         let btime = parse_btime(&read(&path)?).ok_or_else(|| parse_error(&path, "no btime line"))?;
-        out.single(
-            "jetkvm_system_uptime_seconds",
-            "Seconds since the device booted.",
-            Kind::Gauge,
-            uptime,
-        );
+        out.single("jetkvm_system_uptime_seconds", "Seconds since the device booted.", Kind::Gauge, uptime);
         out.single(
             "jetkvm_system_boot_time_seconds",
             "Boot time of the device, in seconds since the Unix epoch.",

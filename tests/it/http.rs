@@ -1,0 +1,149 @@
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+#[test]
+fn metrics_are_text_format_and_gzip_when_accepted() {
+    let d = Daemon::start("", Some(&no_password_mode()));
+    let plain = d.get("/metrics", &[]);
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert_eq!(plain.header("content-encoding"), None);
+    let zipped = d.get(
+        "/metrics",
+        &[
+            (
+                "Accept",
+                "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1",
+            ),
+            ("Accept-Encoding", "gzip"),
+        ],
+    );
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    assert!(zipped.text().contains("jetkvm_exporter_build_info{version=\""));
+    let r = d.get("/metrics", &[("Accept-Encoding", "gzip;q=0, identity")]);
+    assert_eq!(r.header("content-encoding"), None);
+}
+
+#[test]
+fn methods_and_paths() {
+    let d = Daemon::start("", Some(&no_password_mode()));
+    let r =
+        raw(d.addr, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    let r = raw(d.addr, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(d.get("/nope", &[]).status, 404);
+    assert_eq!(d.get("/metrics?x=1", &[]).status, 200);
+    assert_eq!(d.sample("jetkvm_exporter_http_bad_requests_total", &[]), 1.0);
+}
+
+#[test]
+fn oversized_and_garbage_requests_are_answered_and_counted() {
+    let d = Daemon::start("[limits]\nmax_header_bytes = 8192\nmax_headers = 16\n", Some(&no_password_mode()));
+    let big = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(20_000));
+    let r = raw(d.addr, big.as_bytes());
+    assert_eq!(r.status, 431);
+    let mut many = String::from("GET /metrics HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..40 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(raw(d.addr, many.as_bytes()).status, 431);
+    assert_eq!(raw(d.addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n").status, 400);
+    assert_eq!(raw(d.addr, b"GET /metrics HTTP/9.9\r\n\r\n").status / 100, 4);
+    let text = d.get("/metrics", &[]).text();
+    assert!(
+        sample(&text, "jetkvm_exporter_http_errors_total{reason=\"too_large\"}").unwrap() >= 2.0,
+        "{text}"
+    );
+    assert!(sample(&text, "jetkvm_exporter_http_errors_total{reason=\"parse\"}").unwrap() >= 1.0);
+}
+
+/// Reads until EOF or error; true if the server closed within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn slow_clients_are_cut_off() {
+    let d = Daemon::start("[limits]\nheader_timeout = \"1s\"\n", Some(&no_password_mode()));
+    // Slowloris: a byte at a time, never finishing the head.
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    let start = Instant::now();
+    let mut cut = false;
+    while start.elapsed() < Duration::from_secs(10) {
+        if s.write_all(b"X-A: b\r\n").is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(cut || closed_within(&mut s, Duration::from_secs(3)), "slowloris connection still open");
+    // An idle connection that never sends anything.
+    let mut idle = TcpStream::connect(d.addr).unwrap();
+    assert!(closed_within(&mut idle, Duration::from_secs(5)));
+    assert!(d.sample("jetkvm_exporter_http_errors_total{reason=\"timeout\"}", &[]) >= 1.0);
+}
+
+#[test]
+fn connection_cap_evicts_idle_connections_so_scrapes_still_succeed() {
+    let d =
+        Daemon::start("[limits]\nmax_connections = 4\nheader_timeout = \"60s\"\n", Some(&no_password_mode()));
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(d.addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let r = d.get("/metrics", &[]);
+    assert_eq!(r.status, 200);
+    assert!(sample(&r.text(), "jetkvm_exporter_connections_evicted_total").unwrap() >= 16.0, "{}", r.text());
+    drop(held);
+}
+
+#[test]
+fn keep_alive_serves_many_scrapes_on_one_connection() {
+    let d = Daemon::start("", Some(&no_password_mode()));
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for _ in 0..5 {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        let r = parse_response(&buf[..n]).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_stop_gracefully() {
+    for sig in ["TERM", "INT"] {
+        let mut d = Daemon::start("", Some(&no_password_mode()));
+        assert_eq!(d.get("/healthz", &[]).status, 200);
+        d.signal(sig);
+        let status = d.wait_exit(Duration::from_secs(10)).expect("still running");
+        assert!(status.success(), "{sig}: {status:?}");
+        let log = d.wait_log("stopped");
+        assert!(log.contains("stopped"), "{log}");
+    }
+}

@@ -1,0 +1,15 @@
+//! Integration tests: each starts the real `jetkvm-metrics` binary on a
+//! loopback port and speaks HTTP to it.
+
+mod util;
+
+/// Every way `/metrics` is allowed or refused, from the device's auth state.
+mod auth;
+/// The command line: help, version, `check-config`, startup errors.
+mod cli;
+/// Collectors on fixture `/proc` and `/sys` trees, the golden exposition, promtool.
+mod collectors;
+/// The device config changing, torn and vanishing under a running daemon.
+mod device_state;
+/// Routes, methods, gzip, size limits, timeouts, the connection cap, signals.
+mod http;
