@@ -12,6 +12,7 @@ jetkvm-metrics: authenticated Prometheus metrics for the JetKVM
 USAGE:
     jetkvm-metrics serve [--config FILE]
     jetkvm-metrics check-config [--config FILE]
+    jetkvm-metrics token new|revoke|status [--config FILE]
     jetkvm-metrics --help | --version
 
 COMMANDS:
@@ -20,6 +21,11 @@ COMMANDS:
                   device's auth state and forgets remembered credentials.
     check-config  Validate the configuration and every file it names. Prints
                   OK, or one line per problem, and exits non-zero on problems.
+    token new     Create a read-only metrics token, print it once on stdout
+                  and store only its SHA-256 in token_file. Running it again
+                  rotates: the previous token stops working at once.
+    token revoke  Remove the token.
+    token status  Say whether a token is set and since when (never the token).
 
 OPTIONS:
     -c, --config FILE  Configuration file (TOML). Without it,
@@ -36,6 +42,14 @@ ENVIRONMENT:
 enum Command {
     Serve,
     CheckConfig,
+    Token(TokenCommand),
+}
+
+#[derive(Clone, Copy)]
+enum TokenCommand {
+    New,
+    Revoke,
+    Status,
 }
 
 struct Args {
@@ -65,6 +79,20 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
                 command = Some(match v.to_str() {
                     Some("serve") => Command::Serve,
                     Some("check-config") => Command::CheckConfig,
+                    Some("token") => {
+                        let sub = p.value().map_err(|_| "token: missing new, revoke or status".to_owned())?;
+                        Command::Token(match sub.to_str() {
+                            Some("new") => TokenCommand::New,
+                            Some("revoke") => TokenCommand::Revoke,
+                            Some("status") => TokenCommand::Status,
+                            _ => {
+                                return Err(format!(
+                                    "token: unknown command {:?}: new, revoke or status",
+                                    sub.to_string_lossy()
+                                ))
+                            }
+                        })
+                    }
                     Some("help") => return Ok(Parsed::Help),
                     _ => return Err(format!("unknown command {:?} (try --help)", v.to_string_lossy())),
                 });
@@ -74,7 +102,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
     }
     match command {
         Some(command) => Ok(Parsed::Run(Args { command, config })),
-        None => Err("missing command: serve or check-config (try --help)".into()),
+        None => Err("missing command: serve, check-config or token (try --help)".into()),
     }
 }
 
@@ -99,6 +127,46 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
         Parsed::Run(Args { command: Command::CheckConfig, config }) => check_config(config),
         Parsed::Run(Args { command: Command::Serve, config }) => serve(config),
+        Parsed::Run(Args { command: Command::Token(t), config }) => token(t, config),
+    }
+}
+
+fn token(command: TokenCommand, path: Option<PathBuf>) -> i32 {
+    use crate::auth::token;
+    let config = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("jetkvm-metrics: {p}");
+            }
+            return 1;
+        }
+    };
+    let file = &config.token_file;
+    let result = match command {
+        TokenCommand::New => token::create(file).map(|t| {
+            // The token on stdout alone, so it can be piped into a file.
+            println!("{t}");
+            eprintln!("stored the token's SHA-256 in {}; any previous token no longer works", file.display());
+        }),
+        TokenCommand::Revoke => token::revoke(file).map(|had| {
+            if had {
+                println!("token revoked ({})", file.display());
+            } else {
+                println!("no token was set ({})", file.display());
+            }
+        }),
+        TokenCommand::Status => token::status(file).map(|r| match r {
+            Some(r) => println!("token set since {} ({})", token::rfc3339(r.created), file.display()),
+            None => println!("no token ({})", file.display()),
+        }),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("jetkvm-metrics: token_file {e}");
+            1
+        }
     }
 }
 
@@ -130,7 +198,7 @@ fn serve(path: Option<PathBuf>) -> i32 {
             return 1;
         }
     };
-    if let Some(p) = config.check_roots().first() {
+    if let Some(p) = config.check_startup().first() {
         eprintln!("jetkvm-metrics: {p}");
         return 1;
     }

@@ -24,8 +24,30 @@ pub struct Config {
     pub connection_ports: Vec<u16>,
     pub filesystems: Vec<PathBuf>,
     pub workers: usize,
+    /// SHA-256 of the read-only metrics token (see `auth::token`).
+    pub token_file: PathBuf,
     pub limits: Limits,
     pub auth: Auth,
+    /// The separate metrics listener, when enabled.
+    pub metrics_service: Option<MetricsService>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MetricsService {
+    pub listen_addr: SocketAddr,
+    /// Require a client certificate verified against `ca_certs`.
+    pub mtls: bool,
+    pub ca_certs: Vec<PathBuf>,
+    /// If not empty, a client certificate must carry one of these SANs.
+    pub client_allowed_sans: Vec<String>,
+    /// Empty: plain HTTP. Several: chosen by SNI, the first by default.
+    pub keypairs: Vec<Keypair>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keypair {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +74,15 @@ pub struct Auth {
     pub bcrypt_queue: usize,
     /// Verified and refused passwords remembered (as keyed MACs).
     pub cache_entries: usize,
+    /// Accept the device password (basic auth) on metrics. `false` leaves
+    /// the token, the session cookie and client certificates.
+    pub device_password: bool,
+    /// Failed authentications a client may make at once...
+    pub failure_burst: u32,
+    /// ...and then one more per this interval; past it, 429.
+    pub failure_interval: Duration,
+    /// Clients whose failures are tracked at once (memory bound).
+    pub tracked_clients: usize,
 }
 
 impl Default for Config {
@@ -66,6 +97,7 @@ impl Default for Config {
             connection_ports: vec![80, 443, 8554],
             filesystems: vec!["/".into(), "/userdata".into()],
             workers: 1,
+            token_file: "/userdata/jetkvm/metrics/token.sha256".into(),
             limits: Limits {
                 max_connections: 64,
                 header_timeout: Duration::from_secs(10),
@@ -73,7 +105,16 @@ impl Default for Config {
                 max_header_bytes: 8192,
                 max_headers: 64,
             },
-            auth: Auth { bcrypt_concurrency: 1, bcrypt_queue: 4, cache_entries: 16 },
+            auth: Auth {
+                bcrypt_concurrency: 1,
+                bcrypt_queue: 4,
+                cache_entries: 16,
+                device_password: true,
+                failure_burst: 10,
+                failure_interval: Duration::from_secs(6),
+                tracked_clients: 4096,
+            },
+            metrics_service: None,
         }
     }
 }
@@ -89,10 +130,33 @@ struct Raw {
     connection_ports: Option<Vec<i64>>,
     filesystems: Option<Vec<PathBuf>>,
     workers: Option<i64>,
+    token_file: Option<PathBuf>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
     auth: RawAuth,
+    metrics_service: Option<RawMetricsService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetricsService {
+    enabled: Option<bool>,
+    listen_addr: Option<String>,
+    mtls: Option<bool>,
+    #[serde(default)]
+    ca_certs: Vec<PathBuf>,
+    #[serde(default)]
+    client_allowed_sans: Vec<String>,
+    #[serde(default)]
+    keypairs: Vec<RawKeypair>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeypair {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -111,6 +175,10 @@ struct RawAuth {
     bcrypt_concurrency: Option<i64>,
     bcrypt_queue: Option<i64>,
     cache_entries: Option<i64>,
+    device_password: Option<bool>,
+    failure_burst: Option<i64>,
+    failure_interval: Option<String>,
+    tracked_clients: Option<i64>,
 }
 
 /// Collects problems as "config FILE: key "K": REASON" lines.
@@ -270,6 +338,30 @@ impl Config {
             ),
             bcrypt_queue: p.int("auth.bcrypt_queue", raw.auth.bcrypt_queue, 0, 1024, da.bcrypt_queue),
             cache_entries: p.int("auth.cache_entries", raw.auth.cache_entries, 1, 1024, da.cache_entries),
+            device_password: raw.auth.device_password.unwrap_or(da.device_password),
+            failure_burst: p.int(
+                "auth.failure_burst",
+                raw.auth.failure_burst,
+                1,
+                10_000,
+                da.failure_burst as usize,
+            ) as u32,
+            failure_interval: p.duration(
+                "auth.failure_interval",
+                raw.auth.failure_interval.as_deref(),
+                da.failure_interval,
+            ),
+            tracked_clients: p.int(
+                "auth.tracked_clients",
+                raw.auth.tracked_clients,
+                16,
+                1_000_000,
+                da.tracked_clients,
+            ),
+        };
+        let metrics_service = match raw.metrics_service {
+            Some(m) if m.enabled.unwrap_or(false) => Some(metrics_service(&mut p, m, listen_addr)),
+            _ => None,
         };
         let config = Config {
             source: file.to_owned(),
@@ -281,8 +373,10 @@ impl Config {
             connection_ports,
             filesystems,
             workers: p.int("workers", raw.workers, 1, 64, d.workers),
+            token_file: p.path("token_file", raw.token_file, d.token_file),
             limits,
             auth,
+            metrics_service,
         };
         if p.lines.is_empty() {
             Ok(config)
@@ -306,10 +400,25 @@ impl Config {
         out
     }
 
+    /// Problems that stop `serve`: the roots the collectors need, and the
+    /// metrics service's certificates (never fall back to plaintext).
+    pub fn check_startup(&self) -> Vec<String> {
+        let mut out = self.check_roots();
+        if let Some(ms) = self.metrics_service.as_ref().filter(|m| !m.keypairs.is_empty()) {
+            if let Err(e) = crate::tls::Acceptor::new(ms) {
+                out.push(format!("config {}: {e}", self.source));
+            }
+        }
+        out
+    }
+
     /// Everything `check-config` verifies beyond syntax: the roots and every
     /// file the configuration names.
     pub fn check_files(&self) -> Vec<String> {
-        let mut out = self.check_roots();
+        let mut out = self.check_startup();
+        if let Err(e) = crate::auth::token::status(&self.token_file) {
+            out.push(format!("config {}: key \"token_file\": {e}", self.source));
+        }
         if let Err(e) = crate::device::DeviceConfig::load(&self.device_config) {
             out.push(format!("config {}: key \"device_config\": {e}", self.source));
         }
@@ -320,6 +429,59 @@ impl Config {
         }
         out
     }
+}
+
+fn metrics_service(p: &mut Problems, m: RawMetricsService, general: SocketAddr) -> MetricsService {
+    let listen_addr = match m.listen_addr {
+        None => "0.0.0.0:3081".parse().expect("valid literal"),
+        Some(s) => s.parse().unwrap_or_else(|_| {
+            p.key("metrics_service.listen_addr", format_args!("{s:?} is not an IP:port socket address"));
+            "0.0.0.0:3081".parse().expect("valid literal")
+        }),
+    };
+    if listen_addr == general {
+        p.key("metrics_service.listen_addr", format_args!("{listen_addr} is also listen_addr"));
+    }
+    let mtls = m.mtls.unwrap_or(false);
+    if mtls && m.keypairs.is_empty() {
+        p.key("metrics_service.mtls", "mtls = true needs at least one [[metrics_service.keypairs]]");
+    }
+    if mtls && m.ca_certs.is_empty() {
+        p.key(
+            "metrics_service.ca_certs",
+            "mtls = true needs the CA certificates that sign client certificates",
+        );
+    }
+    if !mtls && !m.ca_certs.is_empty() {
+        p.key("metrics_service.ca_certs", "set, but mtls is false: client certificates would not be checked");
+    }
+    if !mtls && !m.client_allowed_sans.is_empty() {
+        p.key(
+            "metrics_service.client_allowed_sans",
+            "set, but mtls is false: client certificates would not be checked",
+        );
+    }
+    let mut check_path = |key: &str, f: PathBuf| -> PathBuf {
+        if !f.is_absolute() {
+            p.key(key, format_args!("{:?} is not an absolute path", f.display().to_string()));
+        }
+        f
+    };
+    let ca_certs = m.ca_certs.into_iter().map(|f| check_path("metrics_service.ca_certs", f)).collect();
+    let keypairs = m
+        .keypairs
+        .into_iter()
+        .map(|k| Keypair {
+            cert_file: check_path("metrics_service.keypairs.cert_file", k.cert_file),
+            key_file: check_path("metrics_service.keypairs.key_file", k.key_file),
+        })
+        .collect();
+    for san in &m.client_allowed_sans {
+        if san.trim().is_empty() {
+            p.key("metrics_service.client_allowed_sans", "an empty name would match nothing");
+        }
+    }
+    MetricsService { listen_addr, mtls, ca_certs, client_allowed_sans: m.client_allowed_sans, keypairs }
 }
 
 /// "10s", "500ms", "2m", "1h".

@@ -6,28 +6,27 @@
 //! read can see an empty or half-written file. Every request stats the file;
 //! a changed file is re-read, and a read that does not parse is retried a
 //! few times before the state becomes "unavailable", which refuses every
-//! request. A file modified within [`RACY_WINDOW`] of being read is not
+//! request. A file modified within `watch::RACY_WINDOW` of being read is not
 //! trusted to stay the same under an unchanged stat (a same-size rewrite in
 //! the same timestamp tick), so it is read again on the next request.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::config::io_reason;
+use crate::watch::FileKey;
 
 /// Files larger than this are not a device config.
 const MAX_SIZE: u64 = 1 << 20;
 /// Pauses before re-reading a file that did not parse (a torn write).
 const RETRY_DELAYS: [Duration; 3] =
     [Duration::from_millis(5), Duration::from_millis(20), Duration::from_millis(60)];
-const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMode {
@@ -154,28 +153,6 @@ impl std::fmt::Display for Unavailable {
 
 pub type Current = Result<Arc<DeviceConfig>, Unavailable>;
 
-/// What identifies one version of the file without reading it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-impl FileKey {
-    fn of(m: &std::fs::Metadata) -> FileKey {
-        FileKey {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
-        }
-    }
-}
-
 struct Cached {
     key: Option<FileKey>,
     /// Whether an unchanged key may be taken to mean unchanged content.
@@ -224,18 +201,23 @@ impl DeviceState {
 
     fn fresh(&self, key: Option<FileKey>) -> Option<Current> {
         let c = self.lock();
-        (c.trusted && c.key == key).then(|| c.state.clone())
+        let same = match (&c.key, &key) {
+            (Some(a), Some(b)) => a.same(b),
+            (None, None) => true,
+            _ => false,
+        };
+        (c.trusted && same).then(|| c.state.clone())
     }
 
     /// The state as of now: cheap (one stat) while the file is unchanged.
     pub async fn current(&self) -> Current {
-        let key = self.stat_key();
+        let key = FileKey::stat(&self.path);
         if let Some(state) = self.fresh(key) {
             return state;
         }
         let _guard = self.reloading.lock().await;
         // Another request may have reloaded while we waited.
-        let key = self.stat_key();
+        let key = FileKey::stat(&self.path);
         if let Some(state) = self.fresh(key) {
             return state;
         }
@@ -259,10 +241,6 @@ impl DeviceState {
         state
     }
 
-    fn stat_key(&self) -> Option<FileKey> {
-        std::fs::metadata(&self.path).ok().map(|m| FileKey::of(&m))
-    }
-
     /// Reads until a parse succeeds or the retries run out. Returns the key
     /// the state belongs to and whether it may be trusted.
     async fn reload(&self) -> (Option<FileKey>, bool, Current) {
@@ -284,23 +262,11 @@ impl DeviceState {
             };
             let retry = matches!(result, Err(Unavailable::Invalid(_)));
             if !retry || attempt == RETRY_DELAYS.len() {
-                let trusted = !is_racy(&meta);
-                return (Some(key), trusted, result);
+                return (Some(key), !key.racy, result);
             }
             tokio::time::sleep(RETRY_DELAYS[attempt]).await;
             attempt += 1;
         }
-    }
-}
-
-/// Whether the file was modified too recently for its stat to identify its
-/// content (timestamps have coarse ticks).
-fn is_racy(meta: &std::fs::Metadata) -> bool {
-    let mtime = UNIX_EPOCH
-        + Duration::new(meta.mtime().max(0) as u64, meta.mtime_nsec().clamp(0, 999_999_999) as u32);
-    match SystemTime::now().duration_since(mtime) {
-        Ok(age) => age < RACY_WINDOW,
-        Err(_) => true, // modified "in the future": do not trust
     }
 }
 

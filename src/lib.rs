@@ -20,6 +20,8 @@ pub mod device;
 pub mod exposition;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
+pub mod watch;
 
 /// The target triple this binary was built for.
 pub const TARGET: &str = env!("JETKVM_METRICS_TARGET");

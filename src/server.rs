@@ -1,8 +1,9 @@
-//! Listeners and HTTP: the one place that owns sockets. Binds the
-//! configured address, caps connections (evicting the oldest idle one when
-//! full), enforces request-head size, header-read and write timeouts, routes
-//! requests and turns auth outcomes into responses. Auth decisions are made
-//! in `auth`, metrics are gathered in `collectors`.
+//! Listeners and HTTP: the one place that owns sockets. Binds the general
+//! listener and, when enabled, the metrics service (plain, TLS or mTLS);
+//! caps connections per listener (evicting the oldest idle one when full),
+//! enforces handshake, request-head size, header-read and write timeouts,
+//! routes requests and turns auth outcomes into responses. Auth decisions
+//! are made in `auth`, TLS contexts in `tls`, metrics in `collectors`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,22 +23,63 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method as HttpMethod, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use openssl::ssl::{Ssl, SslVerifyMode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
+use tokio_openssl::SslStream;
 
-use crate::auth::{Authenticator, Outcome, Reason};
+use crate::auth::{self, client_cert, Authenticator, Outcome, Reason};
 use crate::collectors::Registry;
 use crate::config::Config;
 use crate::device::DeviceState;
-use crate::exposition::{self, Exposition};
+use crate::exposition::{self, Exposition, Kind};
 use crate::telemetry::{HttpError, Telemetry};
+use crate::tls;
 
 /// How long in-flight requests get to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// OpenSSL's reason code for "peer did not return a certificate".
+const NO_PEER_CERT: i32 = 199;
 
 const LANDING: &str = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>JetKVM metrics</title></head>\n\
 <body><h1>JetKVM metrics</h1><p><a href=\"/metrics\">Metrics</a> (authentication required)</p></body></html>\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `listen_addr`: `/`, `/healthz`, and `/metrics` unless the metrics
+    /// service is enabled.
+    General,
+    /// `metrics_service.listen_addr`.
+    MetricsService,
+}
+
+impl Role {
+    fn label(self) -> &'static str {
+        match self {
+            Role::General => "general",
+            Role::MetricsService => "metrics_service",
+        }
+    }
+}
+
+/// One listener's configuration.
+pub struct Listener {
+    pub role: Role,
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<tls::Acceptor>>,
+    pub serves_metrics: bool,
+}
+
+impl Listener {
+    fn tls_label(&self) -> &'static str {
+        match &self.tls {
+            None => "none",
+            Some(t) if t.mtls() => "mtls",
+            Some(_) => "tls",
+        }
+    }
+}
 
 /// Everything a request handler needs.
 pub struct App {
@@ -45,20 +87,53 @@ pub struct App {
     pub auth: Authenticator,
     pub collectors: Registry,
     pub telemetry: Telemetry,
+    pub listeners: Vec<Arc<Listener>>,
     refusal_log: LogLimiter,
 }
 
 impl App {
-    pub fn new(config: Config) -> Arc<App> {
+    /// Builds the state and the listeners' TLS; fails if a certificate or
+    /// key cannot be used (never falls back to plaintext).
+    pub fn new(config: Config) -> Result<Arc<App>, String> {
         let device = Arc::new(DeviceState::new(config.device_config.clone()));
-        Arc::new(App {
+        let mut listeners = vec![Arc::new(Listener {
+            role: Role::General,
+            addr: config.listen_addr,
+            tls: None,
+            serves_metrics: config.metrics_service.is_none(),
+        })];
+        if let Some(ms) = &config.metrics_service {
+            let tls = if ms.keypairs.is_empty() {
+                None
+            } else {
+                Some(Arc::new(tls::Acceptor::new(ms).map_err(|e| format!("config {}: {e}", config.source))?))
+            };
+            listeners.push(Arc::new(Listener {
+                role: Role::MetricsService,
+                addr: ms.listen_addr,
+                tls,
+                serves_metrics: true,
+            }));
+        }
+        Ok(Arc::new(App {
             auth: Authenticator::new(&config, device),
             collectors: Registry::from_config(&config),
             telemetry: Telemetry::default(),
             refusal_log: LogLimiter::new(20, Duration::from_secs(60)),
+            listeners,
             config,
-        })
+        }))
     }
+
+    fn metrics_port(&self) -> Option<u16> {
+        self.config.metrics_service.as_ref().map(|m| m.listen_addr.port())
+    }
+}
+
+/// A listener bound to its socket.
+pub struct Bound {
+    pub listener: Arc<Listener>,
+    pub socket: TcpListener,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Builds the runtime the
@@ -78,16 +153,25 @@ pub fn run(config: Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
     rt.block_on(async move {
-        let app = App::new(config);
-        let listener = bind(&app.config).await?;
-        serve(app, listener, shutdown_signal()).await
+        let app = App::new(config)?;
+        let bound = bind(&app).await?;
+        serve(app, bound, shutdown_signal()).await
     })
 }
 
-pub async fn bind(config: &Config) -> Result<TcpListener, String> {
-    TcpListener::bind(config.listen_addr)
-        .await
-        .map_err(|e| format!("listen_addr {}: {}", config.listen_addr, crate::config::io_reason(&e)))
+pub async fn bind(app: &App) -> Result<Vec<Bound>, String> {
+    let mut out = Vec::new();
+    for l in &app.listeners {
+        let key = match l.role {
+            Role::General => "listen_addr",
+            Role::MetricsService => "metrics_service.listen_addr",
+        };
+        let socket = TcpListener::bind(l.addr)
+            .await
+            .map_err(|e| format!("{key} {}: {}", l.addr, crate::config::io_reason(&e)))?;
+        out.push(Bound { listener: l.clone(), socket });
+    }
+    Ok(out)
 }
 
 /// Resolves on SIGTERM or SIGINT; SIGHUP is handled inside `serve`.
@@ -104,107 +188,234 @@ async fn shutdown_signal() {
     }
 }
 
-/// Accepts connections on `listener` until `shutdown` resolves, then lets
-/// open requests finish for up to [`SHUTDOWN_GRACE`].
+/// Serves every bound listener until `shutdown` resolves, then lets open
+/// requests finish for up to [`SHUTDOWN_GRACE`].
 pub async fn serve(
     app: Arc<App>,
-    listener: TcpListener,
+    bound: Vec<Bound>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    log::info!("listening on http://{addr} (/, /healthz, /metrics)");
-    log::warn!("{addr} is plain HTTP: a device password sent with basic auth crosses the network in clear");
-    let tracker = Arc::new(Tracker::new(app.config.limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot install SIGHUP handler: {e}"))?;
+    let mut trackers = Vec::new();
+    for b in bound {
+        let addr = b.socket.local_addr().map_err(|e| e.to_string())?;
+        let l = &b.listener;
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        let routes = if l.serves_metrics { "/, /healthz, /metrics" } else { "/, /healthz" };
+        log::info!("listening on {scheme}://{addr} ({}, tls {}: {routes})", l.role.label(), l.tls_label());
+        if l.serves_metrics && l.tls.is_none() && app.auth.device_password_enabled() {
+            log::warn!(
+                "{addr} is plain HTTP: a device password sent with basic auth crosses the network in clear"
+            );
+        }
+        let tracker = Arc::new(Tracker::new(app.config.limits.max_connections));
+        trackers.push(tracker.clone());
+        tokio::spawn(accept_loop(app.clone(), b, tracker, stop_rx.clone()));
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = hup.recv() => {
-                log::info!("SIGHUP: re-reading device state, forgetting remembered credentials");
+                log::info!("SIGHUP: re-reading device state and token, forgetting remembered credentials");
                 app.auth.reset();
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Some(slot) = tracker.admit(&app.telemetry) else {
-                        drop(stream);
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection(app.clone(), tracker.clone(), slot, stream, peer, stop_rx.clone()));
-                }
-                // EMFILE and friends: back off instead of spinning.
-                Err(e) => {
-                    log::warn!("accept on {addr}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
         }
     }
-    drop(listener);
     let _ = stop_tx.send(true);
     let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while tracker.open() > 0 && Instant::now() < deadline {
+    while trackers.iter().any(|t| t.open() > 0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     log::info!("stopped");
     Ok(())
 }
 
-async fn connection(
+async fn accept_loop(app: Arc<App>, bound: Bound, tracker: Arc<Tracker>, mut stop: watch::Receiver<bool>) {
+    let Bound { listener, socket } = bound;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = socket.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Some(slot) = tracker.admit(&app.telemetry) else {
+                        drop(stream);
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let conn = Conn { app: app.clone(), listener: listener.clone(), tracker: tracker.clone(), slot, peer };
+                    tokio::spawn(conn.run(stream, stop.clone()));
+                }
+                // EMFILE and friends: back off instead of spinning.
+                Err(e) => {
+                    log::warn!("accept on {}: {e}", listener.addr);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// One accepted connection.
+struct Conn {
     app: Arc<App>,
+    listener: Arc<Listener>,
     tracker: Arc<Tracker>,
     slot: Arc<Slot>,
-    stream: TcpStream,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
-) {
-    let limits = &app.config.limits;
-    let io = TokioIo::new(TimedIo::new(stream, limits.write_timeout));
-    let svc = {
-        let app = app.clone();
-        let slot = slot.clone();
-        service_fn(move |req| {
-            let app = app.clone();
-            let busy = BusyGuard::new(slot.clone());
-            async move {
-                let resp = handle(&app, req, peer).await;
-                drop(busy);
-                Ok::<_, Infallible>(resp)
-            }
-        })
-    };
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        .serve_connection(io, svc);
-    tokio::pin!(conn);
-    let mut stopping = false;
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            _ = slot.evict.notified() => {
-                if slot.busy.load(Ordering::Acquire) == 0 {
-                    app.telemetry.evicted();
-                    break Ok(());
+}
+
+impl Conn {
+    async fn run(self, stream: TcpStream, stop: watch::Receiver<bool>) {
+        match self.listener.tls.clone() {
+            None => self.http(stream, None, stop).await,
+            Some(acceptor) => {
+                if let Some((tls, identity)) = self.handshake(&acceptor, stream).await {
+                    self.http(tls, identity, stop).await;
                 }
             }
-            _ = stop.changed(), if !stopping => {
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
+        }
+        self.tracker.remove(self.slot.id);
+    }
+
+    /// The TLS handshake, bounded by the header timeout. On the mTLS
+    /// listener, a certificate problem is an auth failure with its reason.
+    async fn handshake(
+        &self,
+        acceptor: &tls::Acceptor,
+        stream: TcpStream,
+    ) -> Option<(SslStream<TcpStream>, Option<String>)> {
+        let app = &self.app;
+        let built = acceptor.current();
+        let rejected: Arc<Mutex<Option<Reason>>> = Arc::default();
+        let ssl = Ssl::new(&built.context).map(|mut ssl| {
+            if acceptor.mtls() {
+                let rejected = rejected.clone();
+                let allowed = acceptor.allowed_sans().to_vec();
+                let mode = SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT;
+                ssl.set_verify_callback(mode, move |ok, ctx| {
+                    let mut r = rejected.lock().unwrap_or_else(|p| p.into_inner());
+                    if !ok {
+                        r.get_or_insert(Reason::ClientCertInvalid);
+                        return false;
+                    }
+                    if ctx.error_depth() == 0 {
+                        if let Some(cert) = ctx.current_cert() {
+                            if !client_cert::allowed(cert, &allowed) {
+                                r.get_or_insert(Reason::ClientCertNotAllowed);
+                                return false;
+                            }
+                        }
+                    }
+                    true
+                });
+            }
+            ssl
+        });
+        let mut tls = match ssl.and_then(|ssl| SslStream::new(ssl, stream)) {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("TLS setup: {e}");
+                return None;
+            }
+        };
+        let limit = app.config.limits.header_timeout;
+        match tokio::time::timeout(limit, Pin::new(&mut tls).accept()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let recorded = *rejected.lock().unwrap_or_else(|p| p.into_inner());
+                let no_cert =
+                    e.ssl_error().is_some_and(|s| s.errors().iter().any(|x| x.reason_code() == NO_PEER_CERT));
+                match recorded.or((acceptor.mtls() && no_cert).then_some(Reason::ClientCertMissing)) {
+                    Some(reason) => {
+                        app.telemetry.auth_failure(reason);
+                        app.refusal_log
+                            .log(|| format!("refused TLS client {}: {}", self.peer, reason.label()));
+                    }
+                    None => {
+                        app.telemetry.http_error(HttpError::TlsHandshake);
+                        log::debug!("TLS handshake with {}: {e}", self.peer);
+                    }
+                }
+                return None;
+            }
+            Err(_) => {
+                app.telemetry.http_error(HttpError::Timeout);
+                return None;
             }
         }
-    };
-    if let Err(e) = result {
-        let kind = classify(&e);
-        app.telemetry.http_error(kind);
-        log::debug!("connection from {peer}: {e}");
+        let identity = if acceptor.mtls() {
+            // The handshake required and verified it; no certificate here
+            // would be an OpenSSL bug, and is refused like one.
+            match tls.ssl().peer_certificate() {
+                Some(c) => Some(client_cert::identity(&c)),
+                None => return None,
+            }
+        } else {
+            None
+        };
+        Some((tls, identity))
     }
-    tracker.remove(slot.id);
+
+    async fn http<IO>(&self, io: IO, client_cert: Option<String>, mut stop: watch::Receiver<bool>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = &self.app;
+        let limits = &app.config.limits;
+        let io = TokioIo::new(TimedIo::new(io, limits.write_timeout));
+        let ctx = Arc::new(ConnCtx { peer: self.peer, listener: self.listener.clone(), client_cert });
+        let svc = {
+            let app = app.clone();
+            let slot = self.slot.clone();
+            service_fn(move |req| {
+                let app = app.clone();
+                let ctx = ctx.clone();
+                let busy = BusyGuard::new(slot.clone());
+                async move {
+                    let resp = handle(&app, req, &ctx).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(resp)
+                }
+            })
+        };
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers)
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        let mut stopping = false;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = self.slot.evict.notified() => {
+                    if self.slot.busy.load(Ordering::Acquire) == 0 {
+                        app.telemetry.evicted();
+                        break Ok(());
+                    }
+                }
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(e) = result {
+            app.telemetry.http_error(classify(&e));
+            log::debug!("connection from {}: {e}", self.peer);
+        }
+    }
+}
+
+/// What a request handler knows about its connection.
+struct ConnCtx {
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    client_cert: Option<String>,
 }
 
 fn classify(e: &hyper::Error) -> HttpError {
@@ -237,7 +448,7 @@ fn text(status: StatusCode, body: &'static str) -> Resp {
     r
 }
 
-async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+async fn handle(app: &App, req: Request<Incoming>, ctx: &ConnCtx) -> Resp {
     if req.method() != HttpMethod::GET && req.method() != HttpMethod::HEAD {
         app.telemetry.bad_request();
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -252,17 +463,32 @@ async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp {
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/metrics" => metrics(app, &req, peer).await,
+        "/metrics" if ctx.listener.serves_metrics => metrics(app, &req, ctx).await,
+        "/metrics" => {
+            let port = app.metrics_port().unwrap_or_default();
+            let body = format!("metrics are served by the metrics service on port {port}\n");
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     resp.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     resp
 }
 
-async fn metrics(app: &App, req: &Request<Incoming>, peer: SocketAddr) -> Resp {
-    let method = match app.auth.decide(req.headers()).await {
+async fn metrics(app: &App, req: &Request<Incoming>, ctx: &ConnCtx) -> Resp {
+    let request = auth::Request {
+        headers: req.headers(),
+        peer: ctx.peer.ip(),
+        client_cert: ctx.client_cert.as_deref(),
+    };
+    let method = match app.auth.decide(&request).await {
         Outcome::Allow(m) => m,
-        Outcome::Deny(reason) => return refuse(app, reason, peer),
+        Outcome::Deny(reason) => return refuse(app, reason, ctx.peer),
+        Outcome::Limited(retry) => return limited(app, retry, ctx.peer),
     };
     app.telemetry.auth_success(method);
     app.telemetry.scrape();
@@ -270,6 +496,7 @@ async fn metrics(app: &App, req: &Request<Incoming>, peer: SocketAddr) -> Resp {
     app.collectors.gather(&mut out);
     Registry::gather_process(&mut out);
     app.telemetry.write(&mut out, app.auth.device().load_ok());
+    write_exporter_state(app, &mut out);
     let body = out.into_string().into_bytes();
 
     let gzip = accepts_gzip(req.headers());
@@ -283,6 +510,46 @@ async fn metrics(app: &App, req: &Request<Incoming>, peer: SocketAddr) -> Resp {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     r
+}
+
+/// Listener, TLS and token state.
+fn write_exporter_state(app: &App, out: &mut Exposition) {
+    let mut f = out.family(
+        "jetkvm_exporter_listener_info",
+        "A listener of this exporter: its role and TLS mode (none, tls, mtls); always 1.",
+        Kind::Gauge,
+    );
+    for l in &app.listeners {
+        let addr = l.addr.to_string();
+        f.sample(&[("listener", l.role.label()), ("address", &addr), ("tls", l.tls_label())], 1.0);
+    }
+    let tls: Vec<_> = app.listeners.iter().filter_map(|l| l.tls.as_ref().map(|t| (l.role, t))).collect();
+    if !tls.is_empty() {
+        let mut f = out.family(
+            "jetkvm_exporter_tls_reload_success",
+            "Whether the last load of a listener's certificate, key and CA files succeeded (0: still serving the previous ones).",
+            Kind::Gauge,
+        );
+        for (role, t) in &tls {
+            f.sample(&[("listener", role.label())], if t.reload_ok() { 1.0 } else { 0.0 });
+        }
+        let mut f = out.family(
+            "jetkvm_exporter_tls_certificate_not_after_seconds",
+            "Expiry of a served certificate, in seconds since the Unix epoch.",
+            Kind::Gauge,
+        );
+        for (_, t) in &tls {
+            for (file, not_after) in &t.current().not_after {
+                f.sample(&[("cert_file", &file.to_string_lossy())], *not_after as f64);
+            }
+        }
+    }
+    out.single(
+        "jetkvm_exporter_token_load_success",
+        "Whether the metrics token file was last read successfully (an absent file counts as success).",
+        Kind::Gauge,
+        if app.auth.tokens().load_ok() { 1.0 } else { 0.0 },
+    );
 }
 
 fn refuse(app: &App, reason: Reason, peer: SocketAddr) -> Resp {
@@ -304,6 +571,15 @@ fn refuse(app: &App, reason: Reason, peer: SocketAddr) -> Resp {
             r
         }
     }
+}
+
+fn limited(app: &App, retry: Duration, peer: SocketAddr) -> Resp {
+    app.telemetry.auth_failure(Reason::RateLimited);
+    app.refusal_log.log(|| format!("refused /metrics from {peer}: {}", Reason::RateLimited.label()));
+    let mut r = text(StatusCode::TOO_MANY_REQUESTS, "too many failed attempts, retry later\n");
+    let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
 }
 
 /// Whether `Accept-Encoding` lists gzip (or `*`) with a non-zero q.

@@ -16,18 +16,23 @@ pub enum HttpError {
     TooLarge,
     /// Request head not complete in time, or a stalled write.
     Timeout,
+    /// A TLS handshake that failed for a reason other than the client's
+    /// certificate (plaintext on a TLS port, no shared protocol, ...).
+    TlsHandshake,
     /// Other I/O errors (resets and the like).
     Io,
 }
 
 impl HttpError {
-    const ALL: [HttpError; 4] = [HttpError::Parse, HttpError::TooLarge, HttpError::Timeout, HttpError::Io];
+    const ALL: [HttpError; 5] =
+        [HttpError::Parse, HttpError::TooLarge, HttpError::Timeout, HttpError::TlsHandshake, HttpError::Io];
 
     fn label(self) -> &'static str {
         match self {
             HttpError::Parse => "parse",
             HttpError::TooLarge => "too_large",
             HttpError::Timeout => "timeout",
+            HttpError::TlsHandshake => "tls_handshake",
             HttpError::Io => "io",
         }
     }

@@ -49,7 +49,8 @@ fn torn_writes_never_let_a_request_through() {
     // write in two with a pause; requests carry no valid credential.
     let h1 = hash("one", Version::TwoA, 4);
     let h2 = hash("two", Version::TwoA, 4);
-    let mut d = Daemon::start("", Some(&password_mode(&h1, "s1")));
+    // A high failure budget: this test is about the device state, not the limiter.
+    let mut d = Daemon::start("[auth]\nfailure_burst = 10000\n", Some(&password_mode(&h1, "s1")));
     let path = d.device_config();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {

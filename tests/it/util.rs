@@ -89,8 +89,9 @@ impl Daemon {
         // statvfs of real mounts varies: none unless a test asks.
         let filesystems = if extra.contains("filesystems") { "" } else { "filesystems = []\n" };
         let config = format!(
-            "listen_addr = \"127.0.0.1:0\"\ndevice_config = \"{}\"\n{filesystems}{extra}",
-            dir.path("kvm_config.json").display()
+            "listen_addr = \"127.0.0.1:0\"\ndevice_config = \"{}\"\ntoken_file = \"{}\"\n{filesystems}{extra}",
+            dir.path("kvm_config.json").display(),
+            dir.path("token.sha256").display(),
         );
         let path = dir.write("config.toml", &config);
         Daemon::start_with(dir, &path)

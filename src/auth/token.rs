@@ -1,0 +1,276 @@
+//! The read-only metrics token: a random secret Prometheus presents as
+//! `Authorization: Bearer` (or as the basic-auth password), so it need not
+//! hold the device's admin password. Only the token's SHA-256 is stored, in
+//! a file of our own (the device's application drops unknown fields from
+//! its own config). The file is written atomically with mode 0600 and
+//! re-read when it changes, so `token new` rotates and `token revoke`
+//! revokes without a restart. The token works whatever the device's state.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+
+use crate::config::io_reason;
+use crate::crypto::{ct_eq, random_bytes};
+use crate::watch::FileKey;
+
+/// Tokens start with this, so a leaked one is recognisable.
+pub const PREFIX: &str = "jkm_";
+const HEADER: &str = "# jetkvm-metrics read-only metrics token: its SHA-256 only, never the token";
+const MAX_FILE: u64 = 4096;
+
+/// What the token file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub sha256: [u8; 32],
+    /// Unix seconds.
+    pub created: u64,
+}
+
+impl Record {
+    pub fn parse(text: &str) -> Result<Record, String> {
+        let mut sha = None;
+        let mut created = None;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            match line.split_once('=') {
+                Some(("sha256", v)) => sha = Some(parse_hex32(v).ok_or("sha256 is not 64 hex digits")?),
+                Some(("created", v)) => {
+                    created = Some(v.parse::<u64>().map_err(|_| "created is not a number")?)
+                }
+                _ => return Err(format!("unexpected line {line:?}")),
+            }
+        }
+        match (sha, created) {
+            (Some(sha256), Some(created)) => Ok(Record { sha256, created }),
+            _ => Err("missing sha256 or created".into()),
+        }
+    }
+
+    fn render(&self) -> String {
+        let hex: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{HEADER}\nsha256={hex}\ncreated={}\n", self.created)
+    }
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn hash(token: &[u8]) -> [u8; 32] {
+    openssl::sha::sha256(token)
+}
+
+/// A new token: 256 bits from OpenSSL's CSPRNG, base64url.
+pub fn generate() -> String {
+    let raw = random_bytes::<32>();
+    format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Creates (or rotates) the token: writes its hash atomically and returns
+/// the token, which is shown once and stored nowhere.
+pub fn create(path: &Path) -> Result<String, String> {
+    let token = generate();
+    let record = Record { sha256: hash(token.as_bytes()), created: now() };
+    write_atomically(path, record.render().as_bytes())?;
+    Ok(token)
+}
+
+/// Removes the token; `Ok(false)` if there was none.
+pub fn revoke(path: &Path) -> Result<bool, String> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            sync_dir(path)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("{}: {}", path.display(), io_reason(&e))),
+    }
+}
+
+/// The stored record, `None` if no token is set.
+pub fn status(path: &Path) -> Result<Option<Record>, String> {
+    match read(path) {
+        Ok(text) => Record::parse(&text).map(Some).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {}", path.display(), io_reason(&e))),
+    }
+}
+
+fn read(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    File::open(path)?.take(MAX_FILE).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// temp file in the same directory (0600), fsync, rename, fsync the
+/// directory: a reader sees the old file or the new one, never a mix.
+fn write_atomically(path: &Path, content: &[u8]) -> Result<(), String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let err = |p: &Path, e: std::io::Error| format!("{}: {}", p.display(), io_reason(&e));
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(dir, e))?;
+    }
+    let name = path.file_name().ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let tmp: PathBuf = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(err(path, e));
+    }
+    sync_dir(path)
+}
+
+fn sync_dir(path: &Path) -> Result<(), String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {}", dir.display(), io_reason(&e)))
+}
+
+/// Unix seconds as RFC 3339 UTC, e.g. `2026-11-22T08:00:00Z`.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Result of checking a presented token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Valid,
+    Invalid,
+    /// No token is set.
+    NoToken,
+    /// The token file exists but cannot be used: refuse.
+    Unavailable,
+}
+
+struct Cached {
+    key: Option<FileKey>,
+    state: Result<Option<[u8; 32]>, String>,
+}
+
+/// The live token file, re-read when it changes.
+pub struct TokenStore {
+    path: PathBuf,
+    cached: Mutex<Option<Cached>>,
+    load_ok: AtomicBool,
+}
+
+impl TokenStore {
+    pub fn new(path: PathBuf) -> TokenStore {
+        TokenStore { path, cached: Mutex::new(None), load_ok: AtomicBool::new(true) }
+    }
+
+    /// Whether the token file was last read successfully (absent counts).
+    pub fn load_ok(&self) -> bool {
+        self.load_ok.load(Ordering::Relaxed)
+    }
+
+    pub fn invalidate(&self) {
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn current(&self) -> Result<Option<[u8; 32]>, String> {
+        let key = FileKey::stat(&self.path);
+        let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cached) = c.as_ref() {
+            let fresh = match (&cached.key, &key) {
+                (Some(a), Some(b)) => !a.racy && a.same(b),
+                (None, None) => true,
+                _ => false,
+            };
+            if fresh {
+                return cached.state.clone();
+            }
+        }
+        let state = match status(&self.path) {
+            Ok(r) => Ok(r.map(|r| r.sha256)),
+            Err(e) => Err(e),
+        };
+        let changed = c
+            .as_ref()
+            .map(|old| old.state.as_ref().map(|o| o.is_some()) != state.as_ref().map(|s| s.is_some()));
+        if changed != Some(false) {
+            match &state {
+                Ok(Some(_)) => log::info!("token file {}: token set", self.path.display()),
+                Ok(None) => log::info!("token file {}: no token", self.path.display()),
+                Err(e) => log::warn!("token file {e}; refusing tokens"),
+            }
+        }
+        self.load_ok.store(state.is_ok(), Ordering::Relaxed);
+        *c = Some(Cached { key, state: state.clone() });
+        state
+    }
+
+    pub fn check(&self, presented: &[u8]) -> Check {
+        match self.current() {
+            Ok(Some(stored)) if ct_eq(&hash(presented), &stored) => Check::Valid,
+            Ok(Some(_)) => Check::Invalid,
+            Ok(None) => Check::NoToken,
+            Err(_) => Check::Unavailable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip_and_malformed() {
+        let r = Record { sha256: hash(b"x"), created: 1_700_000_000 };
+        assert_eq!(Record::parse(&r.render()), Ok(r));
+        for bad in ["", "sha256=00\ncreated=1\n", "sha256=zz\n", "created=1\n", "foo=bar\n", "garbage"] {
+            assert!(Record::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_long_and_distinct() {
+        let a = generate();
+        assert!(a.starts_with(PREFIX) && a.len() == PREFIX.len() + 43, "{a}");
+        assert_ne!(a, generate());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_334_927), "2026-11-22T08:08:47Z");
+    }
+}

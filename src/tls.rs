@@ -1,0 +1,256 @@
+//! TLS for the metrics service: building OpenSSL acceptors from the
+//! configured keypairs and CAs, choosing a keypair by SNI, and re-reading
+//! the files when they change. It owns certificates and handshake policy;
+//! which client identities are accepted is `auth::client_cert`.
+//!
+//! Policy: TLS 1.2 minimum (TLS 1.3 preferred by OpenSSL), Mozilla's
+//! intermediate ciphers, no renegotiation. With mTLS, a client must present
+//! a certificate that verifies against `ca_certs` only (never the system
+//! roots) or the handshake fails. Files are stat'ed when a connection
+//! arrives; changed files are rebuilt into a new acceptor, and if the new
+//! files are bad the old acceptor keeps serving and the failure is logged
+//! and exposed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openssl::asn1::Asn1Time;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{NameType, SslAcceptor, SslContext, SslMethod, SslOptions, SslVerifyMode, SslVersion};
+use openssl::stack::Stack;
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509Name, X509};
+
+use crate::auth::client_cert;
+use crate::config::{io_reason, MetricsService};
+use crate::watch::Stamp;
+
+/// A failed rebuild is retried at most this often while files keep
+/// looking new.
+const RETRY_FAILED: Duration = Duration::from_secs(1);
+
+/// Everything one build produced.
+pub struct Built {
+    /// The context a connection starts with (the first keypair); SNI may
+    /// switch it.
+    pub context: SslContext,
+    /// `(cert_file, not_after as Unix seconds)` for each keypair.
+    pub not_after: Vec<(PathBuf, i64)>,
+}
+
+struct State {
+    stamp: Stamp,
+    built: Arc<Built>,
+    failed: Option<(Stamp, Instant)>,
+}
+
+pub struct Acceptor {
+    config: MetricsService,
+    state: Mutex<State>,
+    reload_ok: AtomicBool,
+}
+
+impl Acceptor {
+    /// Builds the acceptor, or says which file is wrong and how.
+    pub fn new(config: &MetricsService) -> Result<Acceptor, String> {
+        let stamp = Stamp::of(files(config));
+        let built = build(config)?;
+        Ok(Acceptor {
+            config: config.clone(),
+            state: Mutex::new(State { stamp, built: Arc::new(built), failed: None }),
+            reload_ok: AtomicBool::new(true),
+        })
+    }
+
+    pub fn mtls(&self) -> bool {
+        self.config.mtls
+    }
+
+    pub fn allowed_sans(&self) -> &[String] {
+        &self.config.client_allowed_sans
+    }
+
+    /// Whether the last attempt to load changed files succeeded.
+    pub fn reload_ok(&self) -> bool {
+        self.reload_ok.load(Ordering::Relaxed)
+    }
+
+    /// The acceptor for a new connection, rebuilt first if files changed.
+    pub fn current(&self) -> Arc<Built> {
+        let now_stamp = Stamp::of(files(&self.config));
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.stamp.still(&now_stamp) {
+            return s.built.clone();
+        }
+        if let Some((failed, at)) = &s.failed {
+            if *failed == now_stamp && at.elapsed() < RETRY_FAILED {
+                return s.built.clone();
+            }
+        }
+        match build(&self.config) {
+            Ok(b) => {
+                if s.failed.is_some() || s.stamp != now_stamp {
+                    log::info!("metrics service: certificates reloaded");
+                }
+                s.built = Arc::new(b);
+                s.stamp = now_stamp;
+                s.failed = None;
+                self.reload_ok.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if s.failed.as_ref().map(|(f, _)| f != &now_stamp).unwrap_or(true) {
+                    log::warn!("metrics service: {e}; still serving the previous certificates");
+                }
+                s.failed = Some((now_stamp, Instant::now()));
+                self.reload_ok.store(false, Ordering::Relaxed);
+            }
+        }
+        s.built.clone()
+    }
+}
+
+fn files(c: &MetricsService) -> impl Iterator<Item = &Path> {
+    c.keypairs
+        .iter()
+        .flat_map(|k| [k.cert_file.as_path(), k.key_file.as_path()])
+        .chain(c.ca_certs.iter().map(PathBuf::as_path))
+}
+
+fn read(key: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("key \"{key}\": {}: {}", path.display(), io_reason(&e)))
+}
+
+fn certs(key: &str, path: &Path) -> Result<Vec<X509>, String> {
+    let pem = read(key, path)?;
+    match X509::stack_from_pem(&pem) {
+        Ok(v) if !v.is_empty() => Ok(v),
+        Ok(_) => Err(format!("key \"{key}\": {}: no PEM certificate in file", path.display())),
+        Err(e) => Err(format!("key \"{key}\": {}: not a PEM certificate: {}", path.display(), short(&e))),
+    }
+}
+
+fn private_key(path: &Path) -> Result<PKey<Private>, String> {
+    let key = "metrics_service.keypairs.key_file";
+    let pem = read(key, path)?;
+    PKey::private_key_from_pem(&pem)
+        .map_err(|e| format!("key \"{key}\": {}: not a PEM private key: {}", path.display(), short(&e)))
+}
+
+/// OpenSSL's error stack in one short line.
+fn short(e: &openssl::error::ErrorStack) -> String {
+    e.errors().first().and_then(|e| e.reason()).unwrap_or("unknown error").to_owned()
+}
+
+fn unix_time(t: &openssl::asn1::Asn1TimeRef) -> i64 {
+    match Asn1Time::from_unix(0).and_then(|epoch| epoch.diff(t)) {
+        Ok(d) => d.days as i64 * 86_400 + d.secs as i64,
+        Err(_) => 0,
+    }
+}
+
+/// DNS names a certificate serves, for SNI.
+fn dns_names(cert: &X509) -> Vec<String> {
+    let mut names = client_cert::sans(cert);
+    names.retain(|n| n.parse::<std::net::IpAddr>().is_err());
+    names
+}
+
+fn name_matches(pattern: &str, host: &str) -> bool {
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        host.split_once('.').is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(suffix))
+    } else {
+        pattern.eq_ignore_ascii_case(host)
+    }
+}
+
+fn context(
+    c: &MetricsService,
+    chain: &[X509],
+    key: &PKey<Private>,
+    cas: &[X509],
+    sni: Option<Vec<(Vec<String>, SslContext)>>,
+) -> Result<SslContext, openssl::error::ErrorStack> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    b.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE);
+    b.set_certificate(&chain[0])?;
+    for extra in &chain[1..] {
+        b.add_extra_chain_cert(extra.clone())?;
+    }
+    b.set_private_key(key)?;
+    b.check_private_key()?;
+    if c.mtls {
+        let mut store = X509StoreBuilder::new()?;
+        let mut names = Stack::<X509Name>::new()?;
+        for ca in cas {
+            store.add_cert(ca.clone())?;
+            names.push(ca.subject_name().to_owned()?)?;
+        }
+        b.set_verify_cert_store(store.build())?;
+        b.set_client_ca_list(names);
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    if let Some(by_name) = sni {
+        b.set_servername_callback(move |ssl, _alert| {
+            if let Some(host) = ssl.servername(NameType::HOST_NAME).map(str::to_owned) {
+                if let Some((_, ctx)) =
+                    by_name.iter().find(|(names, _)| names.iter().any(|n| name_matches(n, &host)))
+                {
+                    ssl.set_ssl_context(ctx).map_err(|_| openssl::ssl::SniError::ALERT_FATAL)?;
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(b.build().into_context())
+}
+
+fn build(c: &MetricsService) -> Result<Built, String> {
+    let mut cas = Vec::new();
+    for f in &c.ca_certs {
+        cas.extend(certs("metrics_service.ca_certs", f)?);
+    }
+    let mut pairs = Vec::new();
+    let mut not_after = Vec::new();
+    for kp in &c.keypairs {
+        let chain = certs("metrics_service.keypairs.cert_file", &kp.cert_file)?;
+        let key = private_key(&kp.key_file)?;
+        let matches = chain[0].public_key().map(|p| p.public_eq(&key)).unwrap_or(false);
+        if !matches {
+            return Err(format!(
+                "key \"metrics_service.keypairs.key_file\": {}: does not match certificate {}",
+                kp.key_file.display(),
+                kp.cert_file.display()
+            ));
+        }
+        not_after.push((kp.cert_file.clone(), unix_time(chain[0].not_after())));
+        pairs.push((kp, chain, key));
+    }
+    let err = |kp: &crate::config::Keypair, e: openssl::error::ErrorStack| {
+        format!("key \"metrics_service.keypairs\": {}: {}", kp.cert_file.display(), short(&e))
+    };
+    // Every keypair but the first gets its own context for SNI; the first
+    // is the default and holds the SNI callback.
+    let mut by_name = Vec::new();
+    for (kp, chain, key) in pairs.iter().skip(1) {
+        let ctx = context(c, chain, key, &cas, None).map_err(|e| err(kp, e))?;
+        by_name.push((dns_names(&chain[0]), ctx));
+    }
+    let (kp, chain, key) = pairs.first().ok_or("key \"metrics_service.keypairs\": no keypair")?;
+    let sni = (!by_name.is_empty()).then_some(by_name);
+    let context = context(c, chain, key, &cas, sni).map_err(|e| err(kp, e))?;
+    Ok(Built { context, not_after })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wildcards() {
+        assert!(super::name_matches("*.lan", "jetkvm.lan"));
+        assert!(!super::name_matches("*.lan", "a.b.lan"));
+        assert!(!super::name_matches("*.lan", "lan"));
+        assert!(super::name_matches("JetKVM.lan", "jetkvm.LAN"));
+    }
+}
