@@ -439,7 +439,7 @@ fn metrics_service(p: &mut Problems, m: RawMetricsService, general: SocketAddr) 
             "0.0.0.0:3081".parse().expect("valid literal")
         }),
     };
-    if listen_addr == general {
+    if listen_addr == general && general.port() != 0 {
         p.key("metrics_service.listen_addr", format_args!("{listen_addr} is also listen_addr"));
     }
     let mtls = m.mtls.unwrap_or(false);

@@ -66,12 +66,19 @@ impl Role {
 /// One listener's configuration.
 pub struct Listener {
     pub role: Role,
+    /// As configured (the port may be 0).
     pub addr: SocketAddr,
+    /// As bound.
+    bound: std::sync::OnceLock<SocketAddr>,
     pub tls: Option<Arc<tls::Acceptor>>,
     pub serves_metrics: bool,
 }
 
 impl Listener {
+    fn address(&self) -> SocketAddr {
+        *self.bound.get().unwrap_or(&self.addr)
+    }
+
     fn tls_label(&self) -> &'static str {
         match &self.tls {
             None => "none",
@@ -99,6 +106,7 @@ impl App {
         let mut listeners = vec![Arc::new(Listener {
             role: Role::General,
             addr: config.listen_addr,
+            bound: Default::default(),
             tls: None,
             serves_metrics: config.metrics_service.is_none(),
         })];
@@ -111,6 +119,7 @@ impl App {
             listeners.push(Arc::new(Listener {
                 role: Role::MetricsService,
                 addr: ms.listen_addr,
+                bound: Default::default(),
                 tls,
                 serves_metrics: true,
             }));
@@ -126,7 +135,7 @@ impl App {
     }
 
     fn metrics_port(&self) -> Option<u16> {
-        self.config.metrics_service.as_ref().map(|m| m.listen_addr.port())
+        self.listeners.iter().find(|l| l.role == Role::MetricsService).map(|l| l.address().port())
     }
 }
 
@@ -202,6 +211,7 @@ pub async fn serve(
     for b in bound {
         let addr = b.socket.local_addr().map_err(|e| e.to_string())?;
         let l = &b.listener;
+        let _ = l.bound.set(addr);
         let scheme = if l.tls.is_some() { "https" } else { "http" };
         let routes = if l.serves_metrics { "/, /healthz, /metrics" } else { "/, /healthz" };
         log::info!("listening on {scheme}://{addr} ({}, tls {}: {routes})", l.role.label(), l.tls_label());
@@ -520,7 +530,7 @@ fn write_exporter_state(app: &App, out: &mut Exposition) {
         Kind::Gauge,
     );
     for l in &app.listeners {
-        let addr = l.addr.to_string();
+        let addr = l.address().to_string();
         f.sample(&[("listener", l.role.label()), ("address", &addr), ("tls", l.tls_label())], 1.0);
     }
     let tls: Vec<_> = app.listeners.iter().filter_map(|l| l.tls.as_ref().map(|t| (l.role, t))).collect();

@@ -13,3 +13,9 @@ mod collectors;
 mod device_state;
 /// Routes, methods, gzip, size limits, timeouts, the connection cap, signals.
 mod http;
+/// The per-client failure limiter and a wrong-password flood.
+mod ratelimit;
+/// The metrics service: HTTPS, mTLS, SNI, rotation, invalid configurations.
+mod tls;
+/// The read-only metrics token: new, rotate, revoke, device-independent.
+mod token;

@@ -73,7 +73,10 @@ pub fn rewrite_in_place(path: &Path, content: &str) {
 /// The real daemon, on a loopback port chosen by the kernel.
 pub struct Daemon {
     pub child: Child,
+    /// The general listener.
     pub addr: SocketAddr,
+    /// The metrics service, when the configuration enables it.
+    pub metrics_addr: Option<SocketAddr>,
     pub dir: TempDir,
     pub log: Arc<Mutex<String>>,
 }
@@ -113,14 +116,15 @@ impl Daemon {
         {
             let log = log.clone();
             std::thread::spawn(move || {
-                let mut tx = Some(tx);
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(i) = line.find("listening on http://") {
-                        let rest = &line[i + "listening on http://".len()..];
-                        let addr = rest.split_whitespace().next().unwrap().to_owned();
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(addr);
-                        }
+                    // "listening on http://ADDR (general, ..." / "https://ADDR (metrics_service, ..."
+                    if let Some(i) = line.find("listening on ") {
+                        let rest = &line[i + "listening on ".len()..];
+                        let mut words = rest.split_whitespace();
+                        let url = words.next().unwrap_or("");
+                        let role = words.next().unwrap_or("").trim_matches(|c| c == '(' || c == ',');
+                        let addr = url.split("://").nth(1).unwrap_or("").to_owned();
+                        let _ = tx.send((role.to_owned(), addr));
                     }
                     let mut l = log.lock().unwrap();
                     l.push_str(&line);
@@ -128,14 +132,20 @@ impl Daemon {
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().unwrap(),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("daemon did not start; log:\n{}", log.lock().unwrap());
+        let expect_metrics_service = std::fs::read_to_string(config).unwrap().contains("enabled = true");
+        let mut addr = None;
+        let mut metrics_addr = None;
+        while addr.is_none() || (expect_metrics_service && metrics_addr.is_none()) {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok((role, a)) if role == "general" => addr = Some(a.parse().unwrap()),
+                Ok((_, a)) => metrics_addr = Some(a.parse().unwrap()),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("daemon did not start; log:\n{}", log.lock().unwrap());
+                }
             }
-        };
-        Daemon { child, addr, dir, log }
+        }
+        Daemon { child, addr: addr.unwrap(), metrics_addr, dir, log }
     }
 
     pub fn device_config(&self) -> PathBuf {
@@ -294,4 +304,195 @@ pub fn promtool_check(text: &str) -> String {
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() || !printed.is_empty(), "promtool failed silently");
     printed
+}
+
+/// Certificates made with OpenSSL for the TLS tests: a CA that signs
+/// server and client certificates with chosen names and validity.
+pub mod pki {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::{BigNum, MsbOption};
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::{PKey, Private};
+    use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName};
+    use openssl::x509::{X509NameBuilder, X509};
+
+    pub struct Issued {
+        pub cert: X509,
+        pub key: PKey<Private>,
+    }
+
+    impl Issued {
+        pub fn cert_pem(&self) -> String {
+            String::from_utf8(self.cert.to_pem().unwrap()).unwrap()
+        }
+        pub fn key_pem(&self) -> String {
+            String::from_utf8(self.key.private_key_to_pem_pkcs8().unwrap()).unwrap()
+        }
+    }
+
+    fn key() -> PKey<Private> {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
+    }
+
+    fn serial() -> openssl::asn1::Asn1Integer {
+        let mut bn = BigNum::new().unwrap();
+        bn.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+        bn.to_asn1_integer().unwrap()
+    }
+
+    pub fn ca(name: &str) -> Issued {
+        let key = key();
+        let mut n = X509NameBuilder::new().unwrap();
+        n.append_entry_by_nid(Nid::COMMONNAME, name).unwrap();
+        let n = n.build();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&serial()).unwrap();
+        b.set_subject_name(&n).unwrap();
+        b.set_issuer_name(&n).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(365).unwrap()).unwrap();
+        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap()).unwrap();
+        b.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build().unwrap()).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        Issued { cert: b.build(), key }
+    }
+
+    /// A leaf signed by `ca`. `days` is the validity from now; negative
+    /// `start_days` with a short validity gives an expired certificate.
+    pub fn leaf(ca: &Issued, cn: &str, dns: &[&str], client: bool, start_days: i64, days: i64) -> Issued {
+        let key = key();
+        let mut n = X509NameBuilder::new().unwrap();
+        n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
+        let n = n.build();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&serial()).unwrap();
+        b.set_subject_name(&n).unwrap();
+        b.set_issuer_name(ca.cert.subject_name()).unwrap();
+        b.set_pubkey(&key).unwrap();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        b.set_not_before(&Asn1Time::from_unix(now + start_days * 86_400).unwrap()).unwrap();
+        b.set_not_after(&Asn1Time::from_unix(now + (start_days + days) * 86_400).unwrap()).unwrap();
+        let mut san = SubjectAlternativeName::new();
+        for d in dns {
+            if d.parse::<std::net::IpAddr>().is_ok() {
+                san.ip(d);
+            } else {
+                san.dns(d);
+            }
+        }
+        b.append_extension(san.build(&b.x509v3_context(Some(&ca.cert), None)).unwrap()).unwrap();
+        let eku = if client {
+            ExtendedKeyUsage::new().client_auth().build()
+        } else {
+            ExtendedKeyUsage::new().server_auth().build()
+        };
+        b.append_extension(eku.unwrap()).unwrap();
+        b.sign(&ca.key, MessageDigest::sha256()).unwrap();
+        Issued { cert: b.build(), key }
+    }
+}
+
+/// A TLS client: trusts `ca_pem`, presents `client` if given, sends SNI.
+pub struct TlsClient {
+    pub ca_pem: String,
+    pub client: Option<(String, String)>,
+    pub sni: String,
+    pub max_version: Option<openssl::ssl::SslVersion>,
+}
+
+pub struct TlsResult {
+    pub resp: Resp,
+    pub version: String,
+    pub server_cert: openssl::x509::X509,
+}
+
+impl TlsClient {
+    pub fn new(ca_pem: &str) -> TlsClient {
+        TlsClient { ca_pem: ca_pem.to_owned(), client: None, sni: "localhost".into(), max_version: None }
+    }
+
+    pub fn with_cert(mut self, issued: &pki::Issued) -> TlsClient {
+        self.client = Some((issued.cert_pem(), issued.key_pem()));
+        self
+    }
+
+    /// `Err` with OpenSSL's message if the handshake or exchange fails.
+    pub fn get(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<TlsResult, String> {
+        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        let store = {
+            let mut s = openssl::x509::store::X509StoreBuilder::new().unwrap();
+            s.add_cert(openssl::x509::X509::from_pem(self.ca_pem.as_bytes()).unwrap()).unwrap();
+            s.build()
+        };
+        b.set_cert_store(store);
+        b.set_verify(SslVerifyMode::PEER);
+        b.set_max_proto_version(self.max_version).unwrap();
+        if let Some((cert, key)) = &self.client {
+            b.set_certificate(&openssl::x509::X509::from_pem(cert.as_bytes()).unwrap()).unwrap();
+            b.set_private_key(&openssl::pkey::PKey::private_key_from_pem(key.as_bytes()).unwrap()).unwrap();
+        }
+        let connector = b.build();
+        let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut s = connector.connect(&self.sni, tcp).map_err(|e| e.to_string())?;
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.sni);
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        // With TLS 1.3 a refused client certificate surfaces on the first
+        // read or write, not in connect.
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        match s.read_to_end(&mut buf) {
+            Ok(_) => {}
+            Err(e) if !buf.is_empty() => {
+                let _ = e;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        let resp = parse_response(&buf).ok_or_else(|| format!("no HTTP response ({} bytes)", buf.len()))?;
+        Ok(TlsResult {
+            resp,
+            version: s.ssl().version_str().to_owned(),
+            server_cert: s.ssl().peer_certificate().unwrap(),
+        })
+    }
+}
+
+/// A TCP connection from a chosen loopback source address (one "client"
+/// per address, for the per-client failure limiter).
+pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let s = sock.connect(addr).await.unwrap();
+        let s = s.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
+}
+
+/// GET over a connection from `source`.
+pub fn get_from(source: &str, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut s = connect_from(source, addr);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_response(&buf).unwrap_or_else(|| panic!("no HTTP response from {addr}"))
 }
