@@ -182,6 +182,7 @@ impl PasswordVerifier {
         let hash = hash.to_owned();
         let password = password.to_vec();
         let job = tokio::task::spawn_blocking(move || {
+            lower_priority();
             // Lengths over 72 were refused above; at 72 and below this
             // matches Go's bcrypt (the device's), which appends a NUL that
             // the key schedule never reaches. A malformed hash verifies
@@ -190,6 +191,23 @@ impl PasswordVerifier {
         });
         job.await.ok()
     }
+}
+
+/// bcrypt threads run at a lower CPU priority (nice 10), so that on a
+/// single core a flood of passwords to check yields to scrapes whose
+/// credentials are already verified. Linux applies nice per thread.
+fn lower_priority() {
+    thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    DONE.with(|done| {
+        if !done.get() {
+            // SAFETY: gettid and setpriority take plain integers.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+            }
+            done.set(true);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ mod util;
 
 /// Every way `/metrics` is allowed or refused, from the device's auth state.
 mod auth;
+/// Headless Chromium with the device's session cookie.
+mod browser;
 /// The command line: help, version, `check-config`, startup errors.
 mod cli;
 /// Collectors on fixture `/proc` and `/sys` trees, the golden exposition, promtool.
