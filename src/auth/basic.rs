@@ -68,6 +68,8 @@ pub enum Verdict {
     TooLong,
     /// Too many verifications waiting: try later.
     Busy,
+    /// Not remembered, and the caller did not allow bcrypt.
+    NotRemembered,
 }
 
 struct Remembered {
@@ -146,7 +148,9 @@ impl PasswordVerifier {
         r.wrong.clear();
     }
 
-    pub async fn verify(&self, hash: &str, password: &[u8]) -> Verdict {
+    /// Checks `password` against `hash`: from memory if this credential was
+    /// checked before, else with bcrypt if `may_bcrypt`.
+    pub async fn verify(&self, hash: &str, password: &[u8], may_bcrypt: bool) -> Verdict {
         if password.len() > MAX_PASSWORD {
             return Verdict::TooLong;
         }
@@ -155,6 +159,7 @@ impl PasswordVerifier {
         match self.recall(&hash_mac, &cred) {
             Some(true) => return Verdict::Ok,
             Some(false) => return Verdict::Wrong,
+            None if !may_bcrypt => return Verdict::NotRemembered,
             None => {}
         }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
@@ -258,20 +263,22 @@ mod tests {
         let v = PasswordVerifier::new(1, 4, 2);
         let h1 = bcrypt::hash("one", 4).unwrap();
         let h2 = bcrypt::hash("two", 4).unwrap();
-        assert_eq!(v.verify(&h1, b"one").await, Verdict::Ok);
+        assert_eq!(v.verify(&h1, b"one", true).await, Verdict::Ok);
         assert_eq!(
             v.recall(&v.mac.sign(&[h1.as_bytes()]), &v.mac.sign(&[h1.as_bytes(), b"one"])),
             Some(true)
         );
-        assert_eq!(v.verify(&h1, b"bad").await, Verdict::Wrong);
+        assert_eq!(v.verify(&h1, b"bad", true).await, Verdict::Wrong);
         assert_eq!(
             v.recall(&v.mac.sign(&[h1.as_bytes()]), &v.mac.sign(&[h1.as_bytes(), b"bad"])),
             Some(false)
         );
+        assert_eq!(v.verify(&h1, b"unseen", false).await, Verdict::NotRemembered);
+        assert_eq!(v.verify(&h1, b"one", false).await, Verdict::Ok);
         // New hash: the old password is checked again, and fails.
-        assert_eq!(v.verify(&h2, b"one").await, Verdict::Wrong);
-        assert_eq!(v.verify(&h2, b"two").await, Verdict::Ok);
-        assert_eq!(v.verify(&h2, &[b'a'; 73]).await, Verdict::TooLong);
+        assert_eq!(v.verify(&h2, b"one", true).await, Verdict::Wrong);
+        assert_eq!(v.verify(&h2, b"two", true).await, Verdict::Ok);
+        assert_eq!(v.verify(&h2, &[b'a'; 73], true).await, Verdict::TooLong);
     }
 
     #[tokio::test]
@@ -281,13 +288,13 @@ mod tests {
         let a = {
             let v = v.clone();
             let h = h.clone();
-            tokio::spawn(async move { v.verify(&h, b"y").await })
+            tokio::spawn(async move { v.verify(&h, b"y", true).await })
         };
         tokio::task::yield_now().await;
         while v.in_flight.load(Ordering::Acquire) == 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(v.verify(&h, b"z").await, Verdict::Busy);
+        assert_eq!(v.verify(&h, b"z", true).await, Verdict::Busy);
         assert_eq!(a.await.unwrap(), Verdict::Wrong);
     }
 }

@@ -4,7 +4,10 @@
 //! The rule is "any": a request is allowed if any credential it presents is
 //! valid. In order:
 //! 1. a client certificate verified by the mTLS listener;
-//! 2. a client over its failure budget is answered 429, before any work;
+//! 2. a client over its failure budget gets no bcrypt work: only checks
+//!    that cost microseconds (token, cookie, a remembered password) are
+//!    made, and anything else is answered 429 — so a misconfigured job does
+//!    not lock out good jobs of the same Prometheus, and guessing is cut off;
 //! 3. the metrics token (bearer, or as the basic-auth password), whatever
 //!    the device's state;
 //! 4. the device's state: no-password mode passes everything; missing,
@@ -13,7 +16,8 @@
 //! 6. the device password by basic auth (unless `auth.device_password`
 //!    is false), through bcrypt remembered per credential.
 //!
-//! Every refusal counts against the client's failure budget.
+//! Every refusal counts against the client's failure budget; a refusal of a
+//! client over its budget is answered 429 rather than 401.
 
 pub mod basic;
 pub mod client_cert;
@@ -202,17 +206,20 @@ impl Authenticator {
         if req.client_cert.is_some() {
             return Outcome::Allow(Method::ClientCert);
         }
-        if let Err(retry) = self.limiter.check(req.peer) {
-            return Outcome::Limited(retry);
+        let budget = self.limiter.check(req.peer);
+        let outcome = self.credentials(req.headers, budget.is_ok()).await;
+        match (outcome, budget) {
+            (Outcome::Deny(_), Err(retry)) => Outcome::Limited(retry),
+            (Outcome::Deny(_), Ok(())) => {
+                self.limiter.record_failure(req.peer);
+                outcome
+            }
+            _ => outcome,
         }
-        let outcome = self.credentials(req.headers).await;
-        if let Outcome::Deny(_) = outcome {
-            self.limiter.record_failure(req.peer);
-        }
-        outcome
     }
 
-    async fn credentials(&self, headers: &HeaderMap) -> Outcome {
+    /// `may_bcrypt`: whether a password not remembered may be checked.
+    async fn credentials(&self, headers: &HeaderMap, may_bcrypt: bool) -> Outcome {
         let authorization = basic::parse(headers);
         // The token first: it does not depend on the device's state.
         let presented = match &authorization {
@@ -257,11 +264,12 @@ impl Authenticator {
                 let Some(hash) = &device.hashed_password else {
                     return Outcome::Deny(Reason::BadPassword);
                 };
-                match self.passwords.verify(hash, &password).await {
+                match self.passwords.verify(hash, &password, may_bcrypt).await {
                     Verdict::Ok => Outcome::Allow(Method::Password),
                     Verdict::Wrong => Outcome::Deny(Reason::BadPassword),
                     Verdict::TooLong => Outcome::Deny(Reason::PasswordTooLong),
                     Verdict::Busy => Outcome::Deny(Reason::Busy),
+                    Verdict::NotRemembered => Outcome::Deny(Reason::RateLimited),
                 }
             }
             Some(Authorization::Bearer(_)) => Outcome::Deny(token_refusal.unwrap_or(Reason::BadToken)),
