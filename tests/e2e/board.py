@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""End-to-end test of the firmware on the emulated board, scraped by a real
+Prometheus (Debian's `prometheus`, on 127.0.0.1).
+
+Boots out/board/system.img with scripts/boot-board, then runs Prometheus
+with four jobs against the board: basic auth with the device password, the
+metrics token (credentials_file), a wrong password, and mTLS against the
+metrics service (with a client certificate). Checks through Prometheus's
+HTTP API, changes the device password inside the board (in place, as the
+device does), kills the daemon with SIGKILL and watches it come back,
+enables the mTLS metrics service and restarts the daemon through its init
+script, and shuts the board down cleanly.
+
+usage: tests/e2e/board.py [--keep]
+On failure the board's console log is copied to out/artifacts/.
+"""
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULTS = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check(name, ok, detail=""):
+    RESULTS.append((name, bool(ok)))
+    print(f"{'ok  ' if ok else 'FAIL'} {name}{(': ' + detail) if detail and not ok else ''}", flush=True)
+    if not ok:
+        raise AssertionError(f"{name}: {detail}")
+
+
+def until(what, fn, timeout):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # the board or Prometheus not ready yet
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def http_status(url, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def basic(password):
+    return {"Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()}
+
+
+class Board:
+    def __init__(self, state, http, metrics):
+        self.state, self.http, self.metrics = state, http, metrics
+
+    def sh(self, command, timeout=30):
+        out = subprocess.run(
+            [f"{ROOT}/scripts/board-console", f"{self.state}/console.sock", command, "--timeout", str(timeout)],
+            capture_output=True, text=True,
+        )
+        if out.returncode != 0:
+            raise AssertionError(f"board: {command!r} exited {out.returncode}: {out.stdout}{out.stderr}")
+        return out.stdout
+
+    def secret(self, name):
+        with open(f"{self.state}/secrets/{name}") as f:
+            return f.read().strip()
+
+    def qemu_pid(self):
+        with open(f"{self.state}/qemu.pid") as f:
+            return int(f.read())
+
+
+class Prometheus:
+    def __init__(self, work, port, board):
+        self.port = port
+        s = f"{board.state}/secrets"
+        with open(f"{work}/password", "w") as f:
+            f.write(board.secret("device-password"))
+        config = f"""
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: basic
+    basic_auth: {{username: admin, password_file: {work}/password}}
+    static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
+  - job_name: token
+    authorization: {{type: Bearer, credentials_file: {s}/token}}
+    static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
+  - job_name: wrong
+    scrape_interval: 10s
+    scrape_timeout: 5s
+    basic_auth: {{username: admin, password: not-the-password}}
+    static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
+  - job_name: mtls
+    scheme: https
+    tls_config:
+      ca_file: {s}/board-ca.pem
+      cert_file: {s}/client.crt
+      key_file: {s}/client.key
+      server_name: jetkvm.local
+    static_configs: [{{targets: ["127.0.0.1:{board.metrics}"]}}]
+"""
+        with open(f"{work}/prometheus.yml", "w") as f:
+            f.write(config)
+        self.proc = subprocess.Popen(
+            ["prometheus", f"--config.file={work}/prometheus.yml", f"--storage.tsdb.path={work}/tsdb",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=open(f"{work}/prometheus.log", "w"), stderr=subprocess.STDOUT,
+        )
+        self.password_file = f"{work}/password"
+
+    def query(self, q):
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+        return {tuple(sorted(x["metric"].items())): float(x["value"][1]) for x in body["data"]["result"]}
+
+    def value(self, q):
+        v = self.query(q)
+        return next(iter(v.values())) if v else None
+
+    def up(self, job):
+        return self.value(f'up{{job="{job}"}}')
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def main():
+    keep = "--keep" in sys.argv
+    work = tempfile.mkdtemp(prefix="jetkvm-e2e-")
+    board = Board(f"{work}/board", free_port(), free_port())
+    prom = None
+    failed = False
+    try:
+        t0 = time.monotonic()
+        subprocess.run(
+            [f"{ROOT}/scripts/boot-board", "--detach", "--state", board.state,
+             "--http-port", str(board.http), "--metrics-port", str(board.metrics)],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        with open(f"{board.state}/boot-to-scrape-seconds") as f:
+            print(f"board up: first successful scrape {f.read().strip()}s after power-on", flush=True)
+        check("board: daemon started by BusyBox init from S95jetkvm-metrics",
+              "supervise" in board.sh("ps") and "Starting jetkvm-metrics: OK" in open(f"{board.state}/console.log", errors="replace").read())
+        check("board: no C library in the image", board.sh("ls /lib/ld-* /lib/libc.so* 2>/dev/null | wc -l").strip() == "0")
+
+        prom = Prometheus(work, free_port(), board)
+        until("Prometheus", lambda: prom.query("up") is not None, 60)
+        until("basic and token jobs up", lambda: prom.up("basic") == 1 and prom.up("token") == 1, 60)
+        check("prometheus: basic-auth job up", prom.up("basic") == 1)
+        check("prometheus: token job up", prom.up("token") == 1)
+        until("wrong-password job scraped", lambda: prom.up("wrong") is not None, 30)
+        check("prometheus: wrong-password job down", prom.up("wrong") == 0)
+        check("prometheus: mTLS job down while the metrics service is off", prom.up("mtls") == 0)
+        uptime = until("uptime from the board", lambda: prom.value('jetkvm_system_uptime_seconds{job="token"}'), 30)
+        check("prometheus: board uptime above 0", uptime > 0, str(uptime))
+        failures = until(
+            "auth failure counted",
+            lambda: prom.value('jetkvm_exporter_auth_failures_total{job="token",reason="bad_password"}'),
+            30,
+        )
+        check("board: auth failure counter rose", failures >= 1, str(failures))
+
+        # Password change inside the board, rewritten in place like the device.
+        old = board.secret("device-password")
+        new = "changed-" + old
+        h = subprocess.run(["mkpasswd", "-m", "bcrypt", "-R", "10", new], capture_output=True, text=True, check=True)
+        hashed = "$2a$" + h.stdout.strip()[len("$2b$"):]
+        doc = json.dumps({"localAuthMode": "password", "hashed_password": hashed, "local_auth_token": "", "tls_mode": ""}, indent=2)
+        board.sh(f"printf '%s\\n' '{doc}' > /userdata/kvm_config.json")
+        url = f"http://127.0.0.1:{board.http}/metrics"
+        check("board: old password refused on the next scrape, no restart", http_status(url, basic(old)) == 401)
+        check("board: new password accepted", http_status(url, basic(new)) == 200)
+        until("basic job down with the old password", lambda: prom.up("basic") == 0, 30)
+        with open(prom.password_file, "w") as f:
+            f.write(new)
+        until("basic job back with the new password", lambda: prom.up("basic") == 1, 30)
+        check("prometheus: basic job follows the password change", prom.up("basic") == 1)
+
+        # kill -9: the supervisor brings the daemon back.
+        pid = board.sh("cat /var/run/jetkvm-metrics.pid").strip()
+        board.sh(f"kill -9 {pid}")
+        killed = time.monotonic()
+        token = {"Authorization": "Bearer " + board.secret("token")}
+        until("daemon back after kill -9", lambda: http_status(url, token) == 200, 10)
+        back = time.monotonic() - killed
+        check("board: daemon back within 5 s of kill -9", back < 5, f"{back:.1f}s")
+        check("board: a new daemon process", board.sh("cat /var/run/jetkvm-metrics.pid").strip() != pid)
+
+        # Enable the mTLS metrics service (the migration: the job exists first).
+        board.sh("cp /userdata/jetkvm/metrics/config-mtls.toml /userdata/jetkvm/metrics/config.toml"
+                 " && /etc/init.d/S95jetkvm-metrics restart")
+        until("mTLS job up", lambda: prom.up("mtls") == 1, 60)
+        check("prometheus: mTLS job up with a client certificate", prom.up("mtls") == 1)
+        check("board: /metrics moved off the general listener", http_status(url, token) == 404)
+        until("general jobs down after the move", lambda: prom.up("token") == 0, 30)
+        tls = until("listener state", lambda: prom.value('jetkvm_exporter_listener_info{job="mtls",listener="metrics_service",tls="mtls"}'), 30)
+        check("prometheus: metrics service reports mTLS", tls == 1)
+        rss = board.sh("grep '^Rss' /proc/$(cat /var/run/jetkvm-metrics.pid)/smaps_rollup").split()[1]
+        print(f"board: daemon RSS (smaps_rollup) {rss} kB", flush=True)
+        with open(f"{board.state}/daemon-rss-kb", "w") as f:
+            f.write(rss)
+
+        # Clean shutdown through init.
+        qpid = board.qemu_pid()
+        board.sh("poweroff", timeout=5)
+        until("board powered off", lambda: not os.path.exists(f"/proc/{qpid}"), 60)
+        log = open(f"{board.state}/console.log", errors="replace").read()
+        check("board: clean shutdown stopped the daemon", "Stopping jetkvm-metrics: OK" in log and "Power down" in log)
+        print(f"e2e run took {time.monotonic() - t0:.0f}s", flush=True)
+    except Exception as e:  # report, keep the console log
+        failed = True
+        RESULTS.append((str(e), False))
+        print(f"FAIL {e}", flush=True)
+    finally:
+        if prom:
+            prom.stop()
+        try:
+            os.kill(board.qemu_pid(), 9)
+        except (OSError, ValueError):
+            pass
+        if failed:
+            os.makedirs(f"{ROOT}/out/artifacts", exist_ok=True)
+            for name in ("console.log", "qemu.log"):
+                if os.path.exists(f"{board.state}/{name}"):
+                    shutil.copy(f"{board.state}/{name}", f"{ROOT}/out/artifacts/board-{name}")
+            if os.path.exists(f"{work}/prometheus.log"):
+                shutil.copy(f"{work}/prometheus.log", f"{ROOT}/out/artifacts/prometheus.log")
+            print(f"artifacts: {ROOT}/out/artifacts/", flush=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    passed = sum(1 for _, ok in RESULTS if ok)
+    print(f"e2e: {passed} passed, {len(RESULTS) - passed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
