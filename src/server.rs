@@ -394,6 +394,9 @@ impl Conn {
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
+            // A client that shuts down its write side after the request
+            // still gets the answer.
+            .half_close(true)
             .max_buf_size(limits.max_header_bytes)
             .max_headers(limits.max_headers)
             .serve_connection(io, svc);

@@ -25,7 +25,16 @@ mod thermal;
 mod time;
 mod usb_gadget;
 
-pub use tcp::parse_sockets as parse_tcp_sockets;
+/// The pure parsers of procfs and sysfs text, for fuzzing and tests.
+pub mod parsers {
+    pub use super::cpu::parse as cpu_stat;
+    pub use super::loadavg::parse as loadavg;
+    pub use super::meminfo::field_bytes as meminfo_field;
+    pub use super::netdev::parse as net_dev;
+    pub use super::tcp::parse_sockets as net_tcp;
+    pub use super::thermal::parse_millidegrees as thermal_millidegrees;
+    pub use super::time::{parse_btime as btime, parse_uptime as uptime};
+}
 
 /// Why a collector produced nothing.
 #[derive(Debug)]

@@ -13,8 +13,14 @@ mod cli;
 mod collectors;
 /// The device config changing, torn and vanishing under a running daemon.
 mod device_state;
+/// Files vanishing and torn under load, SIGHUP storms.
+mod faults;
+/// Hostile input on every listener: malformed credentials, framing, TLS garbage.
+mod hostile;
 /// Routes, methods, gzip, size limits, timeouts, the connection cap, signals.
 mod http;
+/// A thousand scrapes over keep-alive; ten thousand idle connections.
+mod load;
 /// The per-client failure limiter and a wrong-password flood.
 mod ratelimit;
 /// The metrics service: HTTPS, mTLS, SNI, rotation, invalid configurations.

@@ -91,8 +91,18 @@ impl Daemon {
         }
         // statvfs of real mounts varies: none unless a test asks.
         let filesystems = if extra.contains("filesystems") { "" } else { "filesystems = []\n" };
+        // Fixture /proc and /sys unless a test asks for others: fast and the
+        // same on every machine (this machine's /proc/net/tcp can hold
+        // thousands of sockets while the load tests run).
+        let mut roots = String::new();
+        if !extra.contains("proc_root") {
+            roots.push_str(&format!("proc_root = \"{}\"\n", fixtures().join("proc").display()));
+        }
+        if !extra.contains("sys_root") {
+            roots.push_str(&format!("sys_root = \"{}\"\n", fixtures().join("sys").display()));
+        }
         let config = format!(
-            "listen_addr = \"127.0.0.1:0\"\ndevice_config = \"{}\"\ntoken_file = \"{}\"\n{filesystems}{extra}",
+            "listen_addr = \"127.0.0.1:0\"\ndevice_config = \"{}\"\ntoken_file = \"{}\"\n{filesystems}{roots}{extra}",
             dir.path("kvm_config.json").display(),
             dir.path("token.sha256").display(),
         );
