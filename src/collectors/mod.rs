@@ -20,6 +20,7 @@ mod loadavg;
 mod meminfo;
 mod netdev;
 mod process;
+mod sock_diag;
 mod tcp;
 mod thermal;
 mod time;

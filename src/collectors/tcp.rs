@@ -1,5 +1,7 @@
-//! TCP connections to the device's services: sockets in `/proc/net/tcp` and
-//! `/proc/net/tcp6` whose local port is one of `connection_ports`, by state.
+//! TCP connections to the device's services: sockets whose local port is
+//! one of `connection_ports`, by state. On the live `/proc` they come from
+//! netlink `sock_diag` (see `sock_diag`), falling back to the text tables;
+//! under any other `proc_root` from `net/tcp` and `net/tcp6` there.
 
 use std::path::PathBuf;
 
@@ -38,8 +40,33 @@ impl Collector for Tcp {
     }
 
     fn update(&self, out: &mut Exposition) -> Result<()> {
+        let sockets = if self.procfs == std::path::Path::new("/proc") {
+            match super::sock_diag::tcp_sockets() {
+                Ok(s) => s,
+                Err(e) => {
+                    log::debug!("sock_diag: {e}; reading /proc/net/tcp");
+                    self.from_tables()?
+                }
+            }
+        } else {
+            self.from_tables()?
+        };
         // counts[port index][state index]
         let mut counts = vec![[0u64; STATES.len()]; self.ports.len()];
+        for (port, state) in sockets {
+            if let Some(i) = self.ports.iter().position(|p| *p == port) {
+                counts[i][state as usize] += 1;
+            }
+        }
+        self.write(&counts, out);
+        Ok(())
+    }
+}
+
+impl Tcp {
+    /// Sockets from `net/tcp` and `net/tcp6` under the proc root.
+    fn from_tables(&self) -> Result<Vec<(u16, u8)>> {
+        let mut all = Vec::new();
         let mut found = 0;
         for file in ["net/tcp", "net/tcp6"] {
             let path = under(&self.procfs, file);
@@ -50,27 +77,26 @@ impl Collector for Tcp {
                 Err(e) => return Err(e),
             };
             found += 1;
-            for (port, state) in parse_sockets(&text).map_err(|e| parse_error(&path, e))? {
-                if let Some(i) = self.ports.iter().position(|p| *p == port) {
-                    counts[i][state as usize] += 1;
-                }
-            }
+            all.extend(parse_sockets(&text).map_err(|e| parse_error(&path, e))?);
         }
         if found == 0 {
             return Err(Error::NoData(format!("{}: no net/tcp", self.procfs.display())));
         }
+        Ok(all)
+    }
+
+    fn write(&self, counts: &[[u64; STATES.len()]], out: &mut Exposition) {
         let mut f = out.family(
             "jetkvm_connections",
             "TCP sockets whose local port is one of the device's services, by state.",
             Kind::Gauge,
         );
-        for (port, row) in self.ports.iter().zip(&counts) {
+        for (port, row) in self.ports.iter().zip(counts) {
             let port = port.to_string();
             for (state, n) in STATES.iter().zip(row) {
                 f.sample(&[("port", &port), ("state", state)], *n as f64);
             }
         }
-        Ok(())
     }
 }
 

@@ -191,3 +191,26 @@ fn live_scrape_of_this_machine_passes_promtool() {
     }
     assert!(sample(&t, "process_resident_memory_bytes").unwrap() > 100_000.0);
 }
+
+#[test]
+fn live_tcp_connections_are_counted_by_port_and_state() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let _a = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _b = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let d = Daemon::start(
+        &format!("proc_root = \"/proc\"\nsys_root = \"/sys\"\nconnection_ports = [{port}]\n"),
+        Some(&no_password_mode()),
+    );
+    let t = d.get("/metrics", &[]).text();
+    assert_eq!(
+        sample(&t, &format!("jetkvm_connections{{port=\"{port}\",state=\"listen\"}}")),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(
+        sample(&t, &format!("jetkvm_connections{{port=\"{port}\",state=\"established\"}}")),
+        Some(2.0)
+    );
+    assert_eq!(sample(&t, "jetkvm_scrape_collector_success{collector=\"tcp\"}"), Some(1.0));
+}
