@@ -52,7 +52,13 @@ fn dump(family: u8) -> io::Result<Vec<(u16, u8)>> {
         return Err(io::Error::last_os_error());
     }
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
+    // One buffer per thread, reused: a fresh one per scrape costs page faults.
+    thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 32 * 1024]));
+    BUF.with(|buf| receive(&fd, &mut buf.borrow_mut(), &mut out))?;
+    Ok(out)
+}
+
+fn receive(fd: &Fd, buf: &mut [u8], out: &mut Vec<(u16, u8)>) -> io::Result<()> {
     loop {
         // SAFETY: receiving into a buffer we own, of its length.
         let n = unsafe { libc::recv(fd.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -63,8 +69,8 @@ fn dump(family: u8) -> io::Result<Vec<(u16, u8)>> {
             }
             return Err(e);
         }
-        if parse(&buf[..n as usize], &mut out)? {
-            return Ok(out);
+        if parse(&buf[..n as usize], out)? {
+            return Ok(());
         }
     }
 }

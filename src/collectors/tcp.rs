@@ -40,16 +40,18 @@ impl Collector for Tcp {
     }
 
     fn update(&self, out: &mut Exposition) -> Result<()> {
-        let sockets = if self.procfs == std::path::Path::new("/proc") {
+        let sockets = if self.ports.is_empty() {
+            Vec::new()
+        } else if self.procfs == std::path::Path::new("/proc") {
             match super::sock_diag::tcp_sockets() {
                 Ok(s) => s,
                 Err(e) => {
                     log::debug!("sock_diag: {e}; reading /proc/net/tcp");
-                    self.from_tables()?
+                    self.read_tables()?
                 }
             }
         } else {
-            self.from_tables()?
+            self.read_tables()?
         };
         // counts[port index][state index]
         let mut counts = vec![[0u64; STATES.len()]; self.ports.len()];
@@ -65,7 +67,7 @@ impl Collector for Tcp {
 
 impl Tcp {
     /// Sockets from `net/tcp` and `net/tcp6` under the proc root.
-    fn from_tables(&self) -> Result<Vec<(u16, u8)>> {
+    fn read_tables(&self) -> Result<Vec<(u16, u8)>> {
         let mut all = Vec::new();
         let mut found = 0;
         for file in ["net/tcp", "net/tcp6"] {
