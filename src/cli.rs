@@ -187,6 +187,7 @@ fn check_config(path: Option<PathBuf>) -> i32 {
 }
 
 fn serve(path: Option<PathBuf>) -> i32 {
+    crate::crypto::init();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match Config::load(path.as_deref()) {
         Ok(c) => c,

@@ -5,6 +5,19 @@ use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::sign::Signer;
 
+/// Initialises OpenSSL without its error-string tables, before any other
+/// OpenSSL call (OpenSSL then ignores later requests to load them). Loading
+/// them touches pages that would stay resident for messages this daemon
+/// words itself; OpenSSL errors still carry their library and reason codes.
+pub fn init() {
+    const NO_LOAD_CRYPTO_STRINGS: u64 = 0x0000_0001;
+    const NO_LOAD_SSL_STRINGS: u64 = 0x0010_0000;
+    // SAFETY: an initialisation call with no settings object.
+    unsafe {
+        openssl_sys::OPENSSL_init_ssl(NO_LOAD_CRYPTO_STRINGS | NO_LOAD_SSL_STRINGS, std::ptr::null_mut());
+    }
+}
+
 /// Fills a buffer from OpenSSL's CSPRNG. Failing to get randomness is not
 /// recoverable for a security daemon.
 pub fn random_bytes<const N: usize>() -> [u8; N] {

@@ -138,9 +138,13 @@ fn private_key(path: &Path) -> Result<PKey<Private>, String> {
         .map_err(|e| format!("key \"{key}\": {}: not a PEM private key: {}", path.display(), short(&e)))
 }
 
-/// OpenSSL's error stack in one short line.
+/// OpenSSL's error stack in one short line. Its string tables are not
+/// loaded (see `crypto::init`), so the code stands in when there is no text.
 fn short(e: &openssl::error::ErrorStack) -> String {
-    e.errors().first().and_then(|e| e.reason()).unwrap_or("unknown error").to_owned()
+    match e.errors().first() {
+        Some(x) => x.reason().map(str::to_owned).unwrap_or_else(|| format!("OpenSSL error {:#x}", x.code())),
+        None => "unknown error".into(),
+    }
 }
 
 fn unix_time(t: &openssl::asn1::Asn1TimeRef) -> i64 {
