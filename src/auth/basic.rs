@@ -80,7 +80,9 @@ struct Remembered {
 }
 
 pub struct PasswordVerifier {
-    mac: Mac,
+    /// Drawn on first use: a device in no-password mode, or scraped only
+    /// with the token, never loads OpenSSL's MAC machinery.
+    mac: std::sync::OnceLock<Mac>,
     remembered: Mutex<Remembered>,
     capacity: usize,
     permits: Arc<Semaphore>,
@@ -92,7 +94,7 @@ pub struct PasswordVerifier {
 impl PasswordVerifier {
     pub fn new(concurrency: usize, queue: usize, capacity: usize) -> Self {
         PasswordVerifier {
-            mac: Mac::new_random(),
+            mac: std::sync::OnceLock::new(),
             remembered: Mutex::new(Remembered {
                 hash_mac: [0; 32],
                 ok: VecDeque::new(),
@@ -103,6 +105,10 @@ impl PasswordVerifier {
             in_flight: AtomicUsize::new(0),
             max_in_flight: concurrency + queue,
         }
+    }
+
+    fn mac(&self) -> &Mac {
+        self.mac.get_or_init(Mac::new_random)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
@@ -154,8 +160,9 @@ impl PasswordVerifier {
         if password.len() > MAX_PASSWORD {
             return Verdict::TooLong;
         }
-        let hash_mac = self.mac.sign(&[hash.as_bytes()]);
-        let cred = self.mac.sign(&[hash.as_bytes(), password]);
+        let mac = self.mac();
+        let hash_mac = mac.sign(&[hash.as_bytes()]);
+        let cred = mac.sign(&[hash.as_bytes(), password]);
         match self.recall(&hash_mac, &cred) {
             Some(true) => return Verdict::Ok,
             Some(false) => return Verdict::Wrong,
@@ -265,12 +272,12 @@ mod tests {
         let h2 = bcrypt::hash("two", 4).unwrap();
         assert_eq!(v.verify(&h1, b"one", true).await, Verdict::Ok);
         assert_eq!(
-            v.recall(&v.mac.sign(&[h1.as_bytes()]), &v.mac.sign(&[h1.as_bytes(), b"one"])),
+            v.recall(&v.mac().sign(&[h1.as_bytes()]), &v.mac().sign(&[h1.as_bytes(), b"one"])),
             Some(true)
         );
         assert_eq!(v.verify(&h1, b"bad", true).await, Verdict::Wrong);
         assert_eq!(
-            v.recall(&v.mac.sign(&[h1.as_bytes()]), &v.mac.sign(&[h1.as_bytes(), b"bad"])),
+            v.recall(&v.mac().sign(&[h1.as_bytes()]), &v.mac().sign(&[h1.as_bytes(), b"bad"])),
             Some(false)
         );
         assert_eq!(v.verify(&h1, b"unseen", false).await, Verdict::NotRemembered);
