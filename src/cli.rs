@@ -131,17 +131,22 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     }
 }
 
-fn token(command: TokenCommand, path: Option<PathBuf>) -> i32 {
-    use crate::auth::token;
-    let config = match Config::load(path.as_deref()) {
-        Ok(c) => c,
+/// Loads the configuration, or prints one line per problem on stderr.
+fn load(path: Option<&std::path::Path>) -> Option<Config> {
+    match Config::load(path) {
+        Ok(c) => Some(c),
         Err(problems) => {
             for p in &problems {
                 eprintln!("jetkvm-metrics: {p}");
             }
-            return 1;
+            None
         }
-    };
+    }
+}
+
+fn token(command: TokenCommand, path: Option<PathBuf>) -> i32 {
+    use crate::auth::token;
+    let Some(config) = load(path.as_deref()) else { return 1 };
     let file = &config.token_file;
     let result = match command {
         TokenCommand::New => token::create(file).map(|t| {
@@ -189,16 +194,7 @@ fn check_config(path: Option<PathBuf>) -> i32 {
 fn serve(path: Option<PathBuf>) -> i32 {
     crate::crypto::init();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match Config::load(path.as_deref()) {
-        Ok(c) => c,
-        Err(problems) => {
-            // One line per problem; the first is enough to act on.
-            for p in &problems {
-                eprintln!("jetkvm-metrics: {p}");
-            }
-            return 1;
-        }
-    };
+    let Some(config) = load(path.as_deref()) else { return 1 };
     if let Some(p) = config.check_startup().first() {
         eprintln!("jetkvm-metrics: {p}");
         return 1;
