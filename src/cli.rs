@@ -195,7 +195,8 @@ fn serve(path: Option<PathBuf>) -> i32 {
     crate::crypto::init();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let Some(config) = load(path.as_deref()) else { return 1 };
-    if let Some(p) = config.check_startup().first() {
+    // The metrics service's certificates are checked when it is built.
+    if let Some(p) = config.check_roots().first() {
         eprintln!("jetkvm-metrics: {p}");
         return 1;
     }

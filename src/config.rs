@@ -401,7 +401,8 @@ impl Config {
     }
 
     /// Problems that stop `serve`: the roots the collectors need, and the
-    /// metrics service's certificates (never fall back to plaintext).
+    /// metrics service's certificates (never fall back to plaintext). `serve`
+    /// checks the certificates as it builds the service.
     pub fn check_startup(&self) -> Vec<String> {
         let mut out = self.check_roots();
         if let Some(ms) = self.metrics_service.as_ref().filter(|m| !m.keypairs.is_empty()) {

@@ -179,10 +179,6 @@ impl DeviceState {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Whether the last load gave a usable state.
     pub fn load_ok(&self) -> bool {
         self.load_ok.load(Ordering::Relaxed)

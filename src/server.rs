@@ -552,7 +552,7 @@ fn write_exporter_state(app: &App, out: &mut Exposition) {
             Kind::Gauge,
         );
         for (_, t) in &tls {
-            for (file, not_after) in &t.current().not_after {
+            for (file, not_after) in &t.serving().not_after {
                 f.sample(&[("cert_file", &file.to_string_lossy())], *not_after as f64);
             }
         }

@@ -77,6 +77,11 @@ impl Acceptor {
         self.reload_ok.load(Ordering::Relaxed)
     }
 
+    /// What is being served now, without looking at the files.
+    pub fn serving(&self) -> Arc<Built> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).built.clone()
+    }
+
     /// The acceptor for a new connection, rebuilt first if files changed.
     pub fn current(&self) -> Arc<Built> {
         let now_stamp = Stamp::of(files(&self.config));

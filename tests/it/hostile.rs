@@ -13,14 +13,7 @@ use crate::util::*;
 /// Sends bytes, returns the status line's code, or None if the server
 /// closed without answering.
 fn status_of(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let _ = s.write_all(bytes);
-    // Half-close: a keep-alive connection then ends after its answer.
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    parse_response(&buf).map(|r| r.status)
+    exchange(TcpStream::connect(addr).unwrap(), bytes).ok().map(|r| r.status)
 }
 
 fn alive(d: &mut Daemon) {
@@ -191,12 +184,10 @@ fn garbage_on_the_tls_listener_is_counted_and_harmless() {
         (0..=255u8).collect(),
     ];
     for r in &records {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        let _ = s.write_all(r);
-        let _ = s.shutdown(std::net::Shutdown::Write);
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
+        let buf = match exchange(TcpStream::connect(addr).unwrap(), r) {
+            Ok(resp) => resp.body,
+            Err(buf) => buf,
+        };
         assert!(!String::from_utf8_lossy(&buf).contains("jetkvm_"), "metrics leaked for {r:?}");
     }
     alive(&mut d);

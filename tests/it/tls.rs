@@ -39,16 +39,20 @@ fn service(dir: &TempDir, mtls: bool, extra: &str) -> String {
     )
 }
 
-/// Starts a daemon whose files live in a directory prepared by `prepare`.
+/// The top of a configuration whose files live in `dir`.
+fn base_config(dir: &TempDir, general: &str) -> String {
+    format!(
+        "listen_addr = \"{general}\"\ndevice_config = \"{}\"\ntoken_file = \"{}\"\nfilesystems = []\n",
+        dir.path("kvm_config.json").display(),
+        dir.path("token.sha256").display()
+    )
+}
+
+/// Starts a daemon whose files live in a directory prepared by `config`.
 fn start(device: &str, config: impl FnOnce(&TempDir) -> String) -> Daemon {
     let dir = TempDir::new();
     dir.write("kvm_config.json", device);
-    let body = config(&dir);
-    let text = format!(
-        "listen_addr = \"127.0.0.1:0\"\ndevice_config = \"{}\"\ntoken_file = \"{}\"\nfilesystems = []\n{body}",
-        dir.path("kvm_config.json").display(),
-        dir.path("token.sha256").display()
-    );
+    let text = base_config(&dir, "127.0.0.1:0") + &config(&dir);
     let path = dir.write("config.toml", &text);
     Daemon::start_with(dir, &path)
 }
@@ -252,11 +256,7 @@ fn certificates_rotate_while_scraping_and_bad_files_keep_the_old_ones() {
 /// Runs check-config and serve on a metrics_service section; both must
 /// fail naming `needle`.
 fn rejected(dir: &TempDir, general: &str, section: &str, needle: &str) {
-    let text = format!(
-        "listen_addr = \"{general}\"\ndevice_config = \"{}\"\ntoken_file = \"{}\"\nfilesystems = []\n{section}",
-        dir.path("kvm_config.json").display(),
-        dir.path("token.sha256").display()
-    );
+    let text = base_config(dir, general) + section;
     let path = dir.write("bad.toml", &text);
     let out = Command::new(BIN).args(["check-config", "--config"]).arg(&path).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -243,23 +243,35 @@ pub fn basic(user: &str, password: &str) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
 }
 
-pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+/// A GET that closes the connection after the answer.
+pub fn request(host: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    raw(addr, req.as_bytes())
+    req
+}
+
+pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    raw(addr, request(&addr.to_string(), path, headers).as_bytes())
 }
 
 /// Sends raw bytes and parses whatever response comes back.
-pub fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Resp {
+    exchange(TcpStream::connect(addr).unwrap(), bytes)
+        .unwrap_or_else(|buf| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&buf)))
+}
+
+/// Writes `bytes`, half-closes, reads to the end: the response, or what
+/// came back instead.
+pub fn exchange(mut s: TcpStream, bytes: &[u8]) -> Result<Resp, Vec<u8>> {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(request).unwrap();
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    parse_response(&buf).unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&buf)))
+    parse_response(&buf).ok_or(buf)
 }
 
 pub fn parse_response(buf: &[u8]) -> Option<Resp> {
@@ -353,17 +365,24 @@ pub mod pki {
         bn.to_asn1_integer().unwrap()
     }
 
-    pub fn ca(name: &str) -> Issued {
+    /// A certificate builder for `cn` with a new key, issued by `issuer`
+    /// (self-signed if `None`).
+    fn builder(cn: &str, issuer: Option<&Issued>) -> (openssl::x509::X509Builder, PKey<Private>) {
         let key = key();
         let mut n = X509NameBuilder::new().unwrap();
-        n.append_entry_by_nid(Nid::COMMONNAME, name).unwrap();
+        n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
         let n = n.build();
         let mut b = X509::builder().unwrap();
         b.set_version(2).unwrap();
         b.set_serial_number(&serial()).unwrap();
         b.set_subject_name(&n).unwrap();
-        b.set_issuer_name(&n).unwrap();
+        b.set_issuer_name(issuer.map(|i| i.cert.subject_name()).unwrap_or(&n)).unwrap();
         b.set_pubkey(&key).unwrap();
+        (b, key)
+    }
+
+    pub fn ca(name: &str) -> Issued {
+        let (mut b, key) = builder(name, None);
         b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
         b.set_not_after(&Asn1Time::days_from_now(365).unwrap()).unwrap();
         b.append_extension(BasicConstraints::new().critical().ca().build().unwrap()).unwrap();
@@ -375,16 +394,7 @@ pub mod pki {
     /// A leaf signed by `ca`. `days` is the validity from now; negative
     /// `start_days` with a short validity gives an expired certificate.
     pub fn leaf(ca: &Issued, cn: &str, dns: &[&str], client: bool, start_days: i64, days: i64) -> Issued {
-        let key = key();
-        let mut n = X509NameBuilder::new().unwrap();
-        n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-        let n = n.build();
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        b.set_serial_number(&serial()).unwrap();
-        b.set_subject_name(&n).unwrap();
-        b.set_issuer_name(ca.cert.subject_name()).unwrap();
-        b.set_pubkey(&key).unwrap();
+        let (mut b, key) = builder(cn, Some(ca));
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         b.set_not_before(&Asn1Time::from_unix(now + start_days * 86_400).unwrap()).unwrap();
@@ -453,11 +463,7 @@ impl TlsClient {
         let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
         tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut s = connector.connect(&self.sni, tcp).map_err(|e| e.to_string())?;
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.sni);
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
+        let req = request(&self.sni, path, headers);
         // With TLS 1.3 a refused client certificate surfaces on the first
         // read or write, not in connect.
         s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
@@ -494,15 +500,7 @@ pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
 
 /// GET over a connection from `source`.
 pub fn get_from(source: &str, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut s = connect_from(source, addr);
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    parse_response(&buf).unwrap_or_else(|| panic!("no HTTP response from {addr}"))
+    let req = request(&addr.to_string(), path, headers);
+    exchange(connect_from(source, addr), req.as_bytes())
+        .unwrap_or_else(|_| panic!("no HTTP response from {addr}"))
 }
