@@ -90,8 +90,9 @@ fn torn_writes_never_let_a_request_through() {
 }
 
 #[test]
-fn a_torn_read_is_retried_not_refused_forever() {
-    // A half-written file completed a few milliseconds later is read whole.
+fn a_half_written_file_completed_later_is_read() {
+    // A half-written file completed a few milliseconds later is read whole:
+    // by the retry if it lands in time, else by the next request.
     let h = hash("pw", Version::TwoA, 4);
     let full = password_mode(&h, "");
     let d = Daemon::start("", Some(&full[..20]));
