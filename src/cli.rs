@@ -10,7 +10,7 @@ const USAGE: &str = "\
 jetkvm-metrics: authenticated Prometheus metrics for the JetKVM
 
 USAGE:
-    jetkvm-metrics serve [--config FILE]
+    jetkvm-metrics serve [--config FILE] [--pidfile FILE]
     jetkvm-metrics check-config [--config FILE]
     jetkvm-metrics token new|revoke|status [--config FILE]
     jetkvm-metrics --help | --version
@@ -19,8 +19,11 @@ COMMANDS:
     serve         Run the daemon: serve /, /healthz and an authenticated
                   /metrics until SIGTERM or SIGINT. SIGHUP re-reads the
                   device's auth state and forgets remembered credentials.
-    check-config  Validate the configuration and every file it names. Prints
-                  OK, or one line per problem, and exits non-zero on problems.
+    check-config  Validate the configuration: syntax, values, and what serve
+                  needs here (roots, certificates). Prints OK, or one line per
+                  error and exits 1. Named paths not usable on this machine
+                  now (a filesystem, an unreadable token or device file) are
+                  warnings on stderr; the device not being set up is fine.
     token new     Create a read-only metrics token, print it once on stdout
                   and store only its SHA-256 in token_file. Running it again
                   rotates: the previous token stops working at once.
@@ -32,6 +35,8 @@ OPTIONS:
                        /etc/jetkvm-metrics/config.toml is read if it exists,
                        else built-in defaults apply. A named file that is
                        missing or invalid is an error.
+    -p, --pidfile FILE (serve) Write the daemon's pid here once it is
+                       listening; removed when it stops.
     -h, --help         Print this help.
     -V, --version      Print the version.
 
@@ -55,6 +60,7 @@ enum TokenCommand {
 struct Args {
     command: Command,
     config: Option<PathBuf>,
+    pidfile: Option<PathBuf>,
 }
 
 enum Parsed {
@@ -68,12 +74,16 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
     let mut p = lexopt::Parser::from_iter(args);
     let mut command = None;
     let mut config = None;
+    let mut pidfile = None;
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Short('h') | Long("help") => return Ok(Parsed::Help),
             Short('V') | Long("version") => return Ok(Parsed::Version),
             Short('c') | Long("config") => {
                 config = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?));
+            }
+            Short('p') | Long("pidfile") => {
+                pidfile = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?));
             }
             Value(v) if command.is_none() => {
                 command = Some(match v.to_str() {
@@ -101,7 +111,9 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
         }
     }
     match command {
-        Some(command) => Ok(Parsed::Run(Args { command, config })),
+        Some(Command::Serve) => Ok(Parsed::Run(Args { command: Command::Serve, config, pidfile })),
+        Some(_) if pidfile.is_some() => Err("--pidfile is an option of serve (try --help)".into()),
+        Some(command) => Ok(Parsed::Run(Args { command, config, pidfile })),
         None => Err("missing command: serve, check-config or token (try --help)".into()),
     }
 }
@@ -125,9 +137,9 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
             println!("jetkvm-metrics {} ({})", env!("CARGO_PKG_VERSION"), crate::TARGET);
             0
         }
-        Parsed::Run(Args { command: Command::CheckConfig, config }) => check_config(config),
-        Parsed::Run(Args { command: Command::Serve, config }) => serve(config),
-        Parsed::Run(Args { command: Command::Token(t), config }) => token(t, config),
+        Parsed::Run(Args { command: Command::CheckConfig, config, .. }) => check_config(config),
+        Parsed::Run(Args { command: Command::Serve, config, pidfile }) => serve(config, pidfile),
+        Parsed::Run(Args { command: Command::Token(t), config, .. }) => token(t, config),
     }
 }
 
@@ -175,23 +187,31 @@ fn token(command: TokenCommand, path: Option<PathBuf>) -> i32 {
     }
 }
 
+/// Errors on stdout and exit 1; warnings (paths not usable on this machine
+/// now) on stderr, which alone still pass.
 fn check_config(path: Option<PathBuf>) -> i32 {
-    let problems = match Config::load(path.as_deref()) {
-        Ok(c) => c.check_files(),
-        Err(problems) => problems,
+    let (errors, warnings) = match Config::load(path.as_deref()) {
+        Ok(c) => {
+            let checked = c.check();
+            (checked.errors, checked.warnings)
+        }
+        Err(problems) => (problems, Vec::new()),
     };
-    if problems.is_empty() {
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if errors.is_empty() {
         println!("OK");
         0
     } else {
-        for p in &problems {
-            println!("{p}");
+        for e in &errors {
+            println!("{e}");
         }
         1
     }
 }
 
-fn serve(path: Option<PathBuf>) -> i32 {
+fn serve(path: Option<PathBuf>, pidfile: Option<PathBuf>) -> i32 {
     crate::crypto::init();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let Some(config) = load(path.as_deref()) else { return 1 };
@@ -203,7 +223,7 @@ fn serve(path: Option<PathBuf>) -> i32 {
     if path.is_none() && config.source != DEFAULT_PATH {
         log::info!("no {DEFAULT_PATH}: using built-in defaults");
     }
-    match crate::server::run(config) {
+    match crate::server::run(config, pidfile.as_deref()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("jetkvm-metrics: {e}");

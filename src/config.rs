@@ -1,7 +1,8 @@
 //! Configuration: strict TOML (unknown keys are errors) turned into a
 //! validated [`Config`]. Every problem is reported as one line naming the
 //! file, the key and the reason. This module does not open sockets or read
-//! device state; `check` only verifies that the files it names are usable.
+//! device state; `check` verifies that what `serve` needs is usable here,
+//! and warns about named paths that are not.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,9 @@ pub struct Auth {
     pub failure_burst: u32,
     /// ...and then one more per this interval; past it, 429.
     pub failure_interval: Duration,
+    /// bcrypt checks for clients never allowed before share one budget:
+    /// `failure_burst` at once, then one more per this interval.
+    pub unverified_interval: Duration,
     /// Clients whose failures are tracked at once (memory bound).
     pub tracked_clients: usize,
 }
@@ -112,6 +116,7 @@ impl Default for Config {
                 device_password: true,
                 failure_burst: 10,
                 failure_interval: Duration::from_secs(6),
+                unverified_interval: Duration::from_secs(1),
                 tracked_clients: 4096,
             },
             metrics_service: None,
@@ -178,6 +183,7 @@ struct RawAuth {
     device_password: Option<bool>,
     failure_burst: Option<i64>,
     failure_interval: Option<String>,
+    unverified_interval: Option<String>,
     tracked_clients: Option<i64>,
 }
 
@@ -232,12 +238,23 @@ impl Problems<'_> {
 
 impl Config {
     /// Loads `path`, or [`DEFAULT_PATH`] if it exists, or the defaults.
-    /// A named file that is missing is an error.
     pub fn load(path: Option<&Path>) -> Result<Config, Vec<String>> {
+        Config::load_or(path, Path::new(DEFAULT_PATH))
+    }
+
+    /// Loads `path`, or `default` if there is anything at all at that path,
+    /// or the built-in defaults if there is nothing there. A named file
+    /// that is missing is an error; so is a default path that cannot be
+    /// looked at or read (permissions, a directory, a dangling link): only
+    /// a path that certainly does not exist means "no configuration".
+    pub fn load_or(path: Option<&Path>, default: &Path) -> Result<Config, Vec<String>> {
         let path = match path {
             Some(p) => p.to_path_buf(),
-            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
-            None => return Ok(Config::default()),
+            None => match std::fs::symlink_metadata(default) {
+                Ok(_) => default.to_path_buf(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+                Err(e) => return Err(vec![format!("config {}: {}", default.display(), io_reason(&e))]),
+            },
         };
         let text = std::fs::read_to_string(&path)
             .map_err(|e| vec![format!("config {}: {}", path.display(), io_reason(&e))])?;
@@ -351,6 +368,11 @@ impl Config {
                 raw.auth.failure_interval.as_deref(),
                 da.failure_interval,
             ),
+            unverified_interval: p.duration(
+                "auth.unverified_interval",
+                raw.auth.unverified_interval.as_deref(),
+                da.unverified_interval,
+            ),
             tracked_clients: p.int(
                 "auth.tracked_clients",
                 raw.auth.tracked_clients,
@@ -360,8 +382,12 @@ impl Config {
             ),
         };
         let metrics_service = match raw.metrics_service {
-            Some(m) if m.enabled.unwrap_or(false) => Some(metrics_service(&mut p, m, listen_addr)),
-            _ => None,
+            Some(m) if m.enabled == Some(true) => Some(metrics_service(&mut p, m, listen_addr)),
+            Some(m) => {
+                not_enabled(&mut p, &m);
+                None
+            }
+            None => None,
         };
         let config = Config {
             source: file.to_owned(),
@@ -413,22 +439,52 @@ impl Config {
         out
     }
 
-    /// Everything `check-config` verifies beyond syntax: the roots and every
-    /// file the configuration names.
-    pub fn check_files(&self) -> Vec<String> {
-        let mut out = self.check_startup();
+    /// What `check-config` reports beyond syntax: errors are what would
+    /// stop `serve` (the roots, the metrics service's certificates);
+    /// warnings are named paths that are not usable on this machine now.
+    /// The device's state is not configuration: a device not set up yet (no
+    /// `device_config` file) or without a token is a valid state.
+    pub fn check(&self) -> Checked {
+        let errors = self.check_startup();
+        let mut warnings = Vec::new();
+        let mut warn =
+            |key: &str, e: String| warnings.push(format!("config {}: key \"{key}\": {e}", self.source));
         if let Err(e) = crate::auth::token::status(&self.token_file) {
-            out.push(format!("config {}: key \"token_file\": {e}", self.source));
+            warn("token_file", format!("{e}; tokens are refused until it is fixed"));
         }
-        if let Err(e) = crate::device::DeviceConfig::load(&self.device_config) {
-            out.push(format!("config {}: key \"device_config\": {e}", self.source));
+        if self.device_config.exists() {
+            if let Err(e) = crate::device::DeviceConfig::load(&self.device_config) {
+                warn("device_config", format!("{e}; device credentials are refused while it is"));
+            }
         }
         for f in &self.filesystems {
             if let Err(e) = nix::sys::statvfs::statvfs(f) {
-                out.push(format!("config {}: key \"filesystems\": {}: {e}", self.source, f.display()));
+                warn("filesystems", format!("{}: {e}", f.display()));
             }
         }
-        out
+        Checked { errors, warnings }
+    }
+}
+
+/// What `Config::check` found.
+pub struct Checked {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Keys that only mean something in an enabled metrics service: set without
+/// `enabled = true`, metrics would stay on plain HTTP while the operator
+/// believes otherwise.
+fn not_enabled(p: &mut Problems, m: &RawMetricsService) {
+    for (key, set) in [
+        ("metrics_service.mtls", m.mtls == Some(true)),
+        ("metrics_service.keypairs", !m.keypairs.is_empty()),
+        ("metrics_service.ca_certs", !m.ca_certs.is_empty()),
+        ("metrics_service.client_allowed_sans", !m.client_allowed_sans.is_empty()),
+    ] {
+        if set {
+            p.key(key, "set, but metrics_service.enabled is not true: metrics would stay on listen_addr");
+        }
     }
 }
 
@@ -557,6 +613,53 @@ mod tests {
             assert!(joined.contains(needle), "{needle} missing from:\n{joined}");
         }
         assert_eq!(e.len(), 7);
+    }
+
+    #[test]
+    fn metrics_service_keys_without_enabled_are_errors() {
+        for (text, key) in [
+            ("[metrics_service]\nmtls = true\n", "metrics_service.mtls"),
+            ("[metrics_service]\nenabled = false\nca_certs = [\"/ca.pem\"]\n", "metrics_service.ca_certs"),
+            (
+                "[[metrics_service.keypairs]]\ncert_file = \"/c\"\nkey_file = \"/k\"\n",
+                "metrics_service.keypairs",
+            ),
+        ] {
+            let e = Config::parse(text, "c.toml").unwrap_err();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(e[0].starts_with(&format!("config c.toml: key \"{key}\": set, but")), "{}", e[0]);
+        }
+        // Disabled and empty is fine.
+        assert!(Config::parse("[metrics_service]\nenabled = false\n", "c.toml")
+            .unwrap()
+            .metrics_service
+            .is_none());
+    }
+
+    /// Regression: a default config file that could not be looked at (a
+    /// dangling link, a loop, no permission) meant "no file": the daemon
+    /// ran on the defaults, whatever the file said.
+    #[test]
+    fn a_default_path_that_cannot_be_read_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("jetkvm-metrics-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.toml");
+        assert_eq!(Config::load_or(None, &missing).unwrap().source, "built-in defaults");
+        let looped = dir.join("loop.toml");
+        std::os::unix::fs::symlink(&looped, &looped).unwrap();
+        let dangling = dir.join("dangling.toml");
+        std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+        let directory = dir.join("dir.toml");
+        std::fs::create_dir(&directory).unwrap();
+        for bad in [&looped, &dangling, &directory] {
+            let e = Config::load_or(None, bad).unwrap_err();
+            assert!(e[0].starts_with(&format!("config {}: ", bad.display())), "{e:?}");
+        }
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "workers = 1\n").unwrap();
+        assert_eq!(Config::load_or(None, &good).unwrap().source, good.display().to_string());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The few primitives the daemon needs, all from OpenSSL: random bytes,
-//! HMAC-SHA256 and constant-time comparison.
+//! HMAC-SHA256, constant-time comparison and wiping secrets from memory.
 
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
@@ -30,6 +30,65 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// not secret here (tokens and MACs have fixed lengths).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && openssl::memcmp::eq(a, b)
+}
+
+extern "C" {
+    // libcrypto's memset that the compiler may not optimise away; the
+    // openssl crates do not wrap it.
+    fn OPENSSL_cleanse(ptr: *mut std::ffi::c_void, len: usize);
+}
+
+/// Bytes of a secret (a password, a presented token), wiped when dropped.
+/// The whole allocation is wiped, not just the live part, so shrinking the
+/// buffer in place leaves nothing behind either.
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// `len` zero bytes, allocated once: filled in place, never grown.
+    pub fn zeroed(len: usize) -> Secret {
+        Secret(vec![0; len])
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Secret {
+        let mut s = Secret::zeroed(bytes.len());
+        s.0.copy_from_slice(bytes);
+        s
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn as_mut_bytes(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
+    /// Keeps `range` only, moving it to the front of the same allocation.
+    pub fn keep(&mut self, range: std::ops::Range<usize>) {
+        let len = range.len();
+        self.0.copy_within(range, 0);
+        self.0.truncate(len);
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        // SAFETY: the pointer and capacity describe this Vec's allocation,
+        // all of which is initialised (it was created zeroed, never grown).
+        unsafe { OPENSSL_cleanse(self.0.as_mut_ptr().cast(), self.0.capacity()) }
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        ct_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// HMAC-SHA256 under a key chosen at start and never stored.
@@ -67,6 +126,14 @@ mod tests {
         assert_eq!(m.sign(&[b"a", b"bc"]), m.sign(&[b"a", b"bc"]));
         assert_ne!(m.sign(&[b"ab", b"c"]), m.sign(&[b"a", b"bc"]));
         assert_ne!(Mac::new_random().sign(&[b"x"]), m.sign(&[b"x"]));
+    }
+
+    #[test]
+    fn secret_keeps_a_range_and_hides_itself() {
+        let mut s = Secret::from_slice(b"user:pass");
+        s.keep(5..9);
+        assert_eq!(s.as_bytes(), b"pass");
+        assert_eq!(format!("{s:?}"), "Secret(..)");
     }
 
     #[test]

@@ -146,8 +146,10 @@ pub struct Bound {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Builds the runtime the
-/// configuration asks for (one worker by default).
-pub fn run(config: Config) -> Result<(), String> {
+/// configuration asks for (one worker by default). `pidfile`, if given, is
+/// written once every listener is bound, so whoever waits for it knows the
+/// daemon is serving, and removed on a clean exit.
+pub fn run(config: Config, pidfile: Option<&std::path::Path>) -> Result<(), String> {
     let mut rt = if config.workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -164,8 +166,24 @@ pub fn run(config: Config) -> Result<(), String> {
     rt.block_on(async move {
         let app = App::new(config)?;
         let bound = bind(&app).await?;
-        serve(app, bound, shutdown_signal()).await
+        if let Some(p) = pidfile {
+            write_pidfile(p)?;
+        }
+        let result = serve(app, bound, shutdown_signal()).await;
+        if let Some(p) = pidfile {
+            let _ = std::fs::remove_file(p);
+        }
+        result
     })
+}
+
+/// Written whole (a temporary file renamed into place): a reader never
+/// sees an empty pid file.
+fn write_pidfile(path: &std::path::Path) -> Result<(), String> {
+    let tmp = path.with_extension("pid.tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("pid file {}: {}", path.display(), crate::config::io_reason(&e)))
 }
 
 pub async fn bind(app: &App) -> Result<Vec<Bound>, String> {
@@ -572,7 +590,7 @@ fn refuse(app: &App, reason: Reason, peer: SocketAddr) -> Resp {
         Reason::MalformedAuthorization | Reason::MalformedCookie => {
             text(StatusCode::BAD_REQUEST, "bad request\n")
         }
-        Reason::Busy => {
+        Reason::Busy | Reason::Throttled => {
             let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "busy, retry later\n");
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r

@@ -6,10 +6,16 @@
 //! Policy: TLS 1.2 minimum (TLS 1.3 preferred by OpenSSL), Mozilla's
 //! intermediate ciphers, no renegotiation. With mTLS, a client must present
 //! a certificate that verifies against `ca_certs` only (never the system
-//! roots) or the handshake fails. Files are stat'ed when a connection
-//! arrives; changed files are rebuilt into a new acceptor, and if the new
-//! files are bad the old acceptor keeps serving and the failure is logged
-//! and exposed.
+//! roots) or the handshake fails, and sessions are never resumed there: a
+//! resumed session would skip verifying the certificate, and could outlive
+//! it or the CA that signed it.
+//!
+//! Files are stat'ed when a connection arrives and changed files are
+//! rebuilt into a new acceptor. If a new keypair is bad (half-written, key
+//! and certificate not matching yet) the previous keypair keeps serving. If
+//! the CA files are bad, missing or empty, no client certificate verifies
+//! until they are good again: an operator who empties the CA file revokes
+//! every client. Either failure is logged and exposed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use openssl::asn1::Asn1Time;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{NameType, SslAcceptor, SslContext, SslMethod, SslOptions, SslVerifyMode, SslVersion};
+use openssl::ssl::{
+    NameType, SslAcceptor, SslContext, SslMethod, SslOptions, SslSessionCacheMode, SslVerifyMode, SslVersion,
+};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509Name, X509};
@@ -40,9 +48,19 @@ pub struct Built {
     pub not_after: Vec<(PathBuf, i64)>,
 }
 
+/// A server certificate chain and its key, as loaded.
+#[derive(Clone)]
+struct Pair {
+    cert_file: PathBuf,
+    chain: Vec<X509>,
+    key: PKey<Private>,
+}
+
 struct State {
     stamp: Stamp,
     built: Arc<Built>,
+    /// The keypairs `built` serves: kept when new ones fail to load.
+    pairs: Vec<Pair>,
     failed: Option<(Stamp, Instant)>,
 }
 
@@ -56,10 +74,12 @@ impl Acceptor {
     /// Builds the acceptor, or says which file is wrong and how.
     pub fn new(config: &MetricsService) -> Result<Acceptor, String> {
         let stamp = Stamp::of(files(config));
-        let built = build(config)?;
+        let cas = load_cas(config)?;
+        let pairs = load_pairs(config)?;
+        let built = build(config, &pairs, &cas)?;
         Ok(Acceptor {
             config: config.clone(),
-            state: Mutex::new(State { stamp, built: Arc::new(built), failed: None }),
+            state: Mutex::new(State { stamp, built: Arc::new(built), pairs, failed: None }),
             reload_ok: AtomicBool::new(true),
         })
     }
@@ -94,23 +114,44 @@ impl Acceptor {
                 return s.built.clone();
             }
         }
-        match build(&self.config) {
-            Ok(b) => {
-                if s.failed.is_some() || s.stamp != now_stamp {
-                    log::info!("metrics service: certificates reloaded");
-                }
+        let mut problems = Vec::new();
+        let pairs = load_pairs(&self.config).unwrap_or_else(|e| {
+            problems.push(format!("{e}; still serving the previous certificates"));
+            s.pairs.clone()
+        });
+        // Fail closed: CAs that do not load trust nobody, never the old ones.
+        let cas = load_cas(&self.config).unwrap_or_else(|e| {
+            problems.push(format!("{e}; refusing every client certificate until it is fixed"));
+            Vec::new()
+        });
+        // New keypairs that load but do not build fall back to the previous
+        // ones, still with the CAs of now.
+        let built = build(&self.config, &pairs, &cas).map(|b| (b, pairs)).or_else(|e| {
+            problems.push(format!("{e}; still serving the previous certificates"));
+            build(&self.config, &s.pairs, &cas).map(|b| (b, s.pairs.clone()))
+        });
+        match built {
+            Ok((b, pairs)) => {
                 s.built = Arc::new(b);
-                s.stamp = now_stamp;
-                s.failed = None;
-                self.reload_ok.store(true, Ordering::Relaxed);
+                s.pairs = pairs;
             }
-            Err(e) => {
-                if s.failed.as_ref().map(|(f, _)| f != &now_stamp).unwrap_or(true) {
-                    log::warn!("metrics service: {e}; still serving the previous certificates");
+            Err(e) => log::error!("metrics service: {e}; cannot rebuild the previous certificates"),
+        }
+        if problems.is_empty() {
+            if s.failed.is_some() || s.stamp != now_stamp {
+                log::info!("metrics service: certificates reloaded");
+            }
+            s.stamp = now_stamp;
+            s.failed = None;
+            self.reload_ok.store(true, Ordering::Relaxed);
+        } else {
+            if s.failed.as_ref().map(|(f, _)| f != &now_stamp).unwrap_or(true) {
+                for p in &problems {
+                    log::warn!("metrics service: {p}");
                 }
-                s.failed = Some((now_stamp, Instant::now()));
-                self.reload_ok.store(false, Ordering::Relaxed);
             }
+            s.failed = Some((now_stamp, Instant::now()));
+            self.reload_ok.store(false, Ordering::Relaxed);
         }
         s.built.clone()
     }
@@ -184,6 +225,15 @@ fn context(
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     b.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE);
+    if c.mtls {
+        // No resumption: every connection verifies a certificate against
+        // the CAs of now. The context id is set as OpenSSL requires when
+        // peers are verified, and no ticket or cached session is made.
+        b.set_session_id_context(b"jetkvm-metrics mtls")?;
+        b.set_session_cache_mode(SslSessionCacheMode::OFF);
+        b.set_options(SslOptions::NO_TICKET);
+        b.set_num_tickets(0)?;
+    }
     b.set_certificate(&chain[0])?;
     for extra in &chain[1..] {
         b.add_extra_chain_cert(extra.clone())?;
@@ -216,13 +266,19 @@ fn context(
     Ok(b.build().into_context())
 }
 
-fn build(c: &MetricsService) -> Result<Built, String> {
+/// Every CA in `ca_certs`; an error if any file is missing, unreadable,
+/// empty or not PEM.
+fn load_cas(c: &MetricsService) -> Result<Vec<X509>, String> {
     let mut cas = Vec::new();
     for f in &c.ca_certs {
         cas.extend(certs("metrics_service.ca_certs", f)?);
     }
+    Ok(cas)
+}
+
+/// Every keypair, each key checked against its certificate.
+fn load_pairs(c: &MetricsService) -> Result<Vec<Pair>, String> {
     let mut pairs = Vec::new();
-    let mut not_after = Vec::new();
     for kp in &c.keypairs {
         let chain = certs("metrics_service.keypairs.cert_file", &kp.cert_file)?;
         let key = private_key(&kp.key_file)?;
@@ -234,22 +290,26 @@ fn build(c: &MetricsService) -> Result<Built, String> {
                 kp.cert_file.display()
             ));
         }
-        not_after.push((kp.cert_file.clone(), unix_time(chain[0].not_after())));
-        pairs.push((kp, chain, key));
+        pairs.push(Pair { cert_file: kp.cert_file.clone(), chain, key });
     }
-    let err = |kp: &crate::config::Keypair, e: openssl::error::ErrorStack| {
-        format!("key \"metrics_service.keypairs\": {}: {}", kp.cert_file.display(), short(&e))
+    Ok(pairs)
+}
+
+fn build(c: &MetricsService, pairs: &[Pair], cas: &[X509]) -> Result<Built, String> {
+    let err = |p: &Pair, e: openssl::error::ErrorStack| {
+        format!("key \"metrics_service.keypairs\": {}: {}", p.cert_file.display(), short(&e))
     };
     // Every keypair but the first gets its own context for SNI; the first
     // is the default and holds the SNI callback.
     let mut by_name = Vec::new();
-    for (kp, chain, key) in pairs.iter().skip(1) {
-        let ctx = context(c, chain, key, &cas, None).map_err(|e| err(kp, e))?;
-        by_name.push((dns_names(&chain[0]), ctx));
+    for p in pairs.iter().skip(1) {
+        let ctx = context(c, &p.chain, &p.key, cas, None).map_err(|e| err(p, e))?;
+        by_name.push((dns_names(&p.chain[0]), ctx));
     }
-    let (kp, chain, key) = pairs.first().ok_or("key \"metrics_service.keypairs\": no keypair")?;
+    let first = pairs.first().ok_or("key \"metrics_service.keypairs\": no keypair")?;
     let sni = (!by_name.is_empty()).then_some(by_name);
-    let context = context(c, chain, key, &cas, sni).map_err(|e| err(kp, e))?;
+    let context = context(c, &first.chain, &first.key, cas, sni).map_err(|e| err(first, e))?;
+    let not_after = pairs.iter().map(|p| (p.cert_file.clone(), unix_time(p.chain[0].not_after()))).collect();
     Ok(Built { context, not_after })
 }
 

@@ -24,12 +24,21 @@ pub struct FileKey {
 
 impl FileKey {
     pub fn of(m: &std::fs::Metadata) -> FileKey {
-        let mtime =
-            UNIX_EPOCH + Duration::new(m.mtime().max(0) as u64, m.mtime_nsec().clamp(0, 999_999_999) as u32);
-        let racy = match SystemTime::now().duration_since(mtime) {
-            Ok(age) => age < RACY_WINDOW,
-            Err(_) => true, // modified "in the future": do not trust
+        FileKey::of_at(m, SystemTime::now())
+    }
+
+    /// The key as seen at `now`. The file changed recently if its mtime or
+    /// its ctime is recent: a writer can set mtime to anything (old, or in
+    /// the future), not ctime. A time after `now` (the clock is behind the
+    /// one that wrote the file) is not recent by itself: any later write
+    /// stamps the file with an earlier time, which the key tells apart, so
+    /// such a file is not re-read on every use.
+    pub fn of_at(m: &std::fs::Metadata, now: SystemTime) -> FileKey {
+        let recent = |secs: i64, nsec: i64| {
+            let t = UNIX_EPOCH + Duration::new(secs.max(0) as u64, nsec.clamp(0, 999_999_999) as u32);
+            now.duration_since(t).is_ok_and(|age| age < RACY_WINDOW)
         };
+        let racy = recent(m.mtime(), m.mtime_nsec()) || recent(m.ctime(), m.ctime_nsec());
         FileKey {
             dev: m.dev(),
             ino: m.ino(),
@@ -69,5 +78,40 @@ impl Stamp {
                 (None, None) => true,
                 _ => false,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with_mtime(name: &str, mtime: SystemTime) -> (std::path::PathBuf, std::fs::Metadata) {
+        let p = std::env::temp_dir().join(format!("jetkvm-metrics-watch-{}-{name}", std::process::id()));
+        std::fs::write(&p, b"x").unwrap();
+        std::fs::File::options().write(true).open(&p).unwrap().set_modified(mtime).unwrap();
+        let m = std::fs::metadata(&p).unwrap();
+        (p, m)
+    }
+
+    /// Regression: a writer that set mtime back after writing made a file
+    /// changed a moment ago look old, and trusted on stat alone.
+    #[test]
+    fn recent_ctime_is_recent_whatever_mtime_says() {
+        let (p, m) = file_with_mtime("old", UNIX_EPOCH + Duration::from_secs(1_000_000_000));
+        assert!(FileKey::of(&m).racy);
+        let ctime = UNIX_EPOCH + Duration::new(m.ctime() as u64, m.ctime_nsec() as u32);
+        assert!(!FileKey::of_at(&m, ctime + RACY_WINDOW + Duration::from_millis(1)).racy);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    /// Regression: a file dated in the future (the device's clock behind)
+    /// was "recent" for ever, and re-read on every request.
+    #[test]
+    fn a_future_time_is_not_recent_once_ctime_is_old() {
+        let (p, m) = file_with_mtime("future", SystemTime::now() + Duration::from_secs(3600));
+        let ctime = UNIX_EPOCH + Duration::new(m.ctime() as u64, m.ctime_nsec() as u32);
+        assert!(FileKey::of_at(&m, ctime).racy, "just changed: ctime is recent");
+        assert!(!FileKey::of_at(&m, ctime + RACY_WINDOW + Duration::from_millis(1)).racy);
+        std::fs::remove_file(p).unwrap();
     }
 }

@@ -2,13 +2,16 @@
 //! header, and bcrypt verification against `hashed_password` that is paid
 //! once per credential, not per scrape.
 //!
-//! Verified (and refused) passwords are remembered as HMACs under a key
-//! chosen at start, bound to the hash they were checked against, so the
-//! plaintext is never kept and a password change makes old entries useless.
-//! bcrypt runs on the blocking pool behind a semaphore with a bounded queue:
-//! requests whose credential is remembered never wait for it.
+//! Checked passwords are remembered as HMACs under a key drawn on first
+//! use, bound to the hash they were checked against and to the client
+//! address that sent them: the plaintext is never kept, a password change
+//! makes old entries useless, and what one client proved is no shortcut for
+//! another. Plaintext buffers are wiped when dropped (`crypto::Secret`).
+//! bcrypt runs on the blocking pool behind a semaphore with a bounded
+//! queue: requests whose credential is remembered never wait for it.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,19 +20,19 @@ use hyper::header::{HeaderMap, AUTHORIZATION};
 use tokio::sync::Semaphore;
 
 use super::Malformed;
-use crate::crypto::{ct_eq, Mac};
+use crate::crypto::{ct_eq, Mac, Secret};
 
 /// bcrypt looks at 72 bytes at most; longer passwords are refused rather
 /// than silently truncated.
 pub const MAX_PASSWORD: usize = 72;
 
 /// What an `Authorization` header holds.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Authorization {
     /// The password of `Basic` credentials (the username is ignored, as the
     /// device does).
-    Basic(Vec<u8>),
-    Bearer(String),
+    Basic(Secret),
+    Bearer(Secret),
     /// Another scheme.
     Other,
 }
@@ -46,14 +49,19 @@ pub fn parse(headers: &HeaderMap) -> Result<Option<Authorization>, Malformed> {
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| Malformed)?;
-        let colon = decoded.iter().position(|b| *b == b':').ok_or(Malformed)?;
-        Ok(Some(Authorization::Basic(decoded[colon + 1..].to_vec())))
+        // Decoded in place into one wiped buffer: no copy of the plaintext
+        // is left behind in freed memory.
+        let mut decoded = Secret::zeroed(rest.len() / 4 * 3 + 3);
+        let engine = base64::engine::general_purpose::STANDARD;
+        let n = engine.decode_slice(rest, decoded.as_mut_bytes()).map_err(|_| Malformed)?;
+        let colon = decoded.as_bytes()[..n].iter().position(|b| *b == b':').ok_or(Malformed)?;
+        decoded.keep(colon + 1..n);
+        Ok(Some(Authorization::Basic(decoded)))
     } else if scheme.eq_ignore_ascii_case("bearer") {
         if rest.is_empty() || rest.contains(' ') {
             return Err(Malformed);
         }
-        Ok(Some(Authorization::Bearer(rest.to_owned())))
+        Ok(Some(Authorization::Bearer(Secret::from_slice(rest.as_bytes()))))
     } else if scheme.is_empty() {
         Err(Malformed)
     } else {
@@ -65,11 +73,8 @@ pub fn parse(headers: &HeaderMap) -> Result<Option<Authorization>, Malformed> {
 pub enum Verdict {
     Ok,
     Wrong,
-    TooLong,
     /// Too many verifications waiting: try later.
     Busy,
-    /// Not remembered, and the caller did not allow bcrypt.
-    NotRemembered,
 }
 
 struct Remembered {
@@ -77,6 +82,24 @@ struct Remembered {
     hash_mac: [u8; 32],
     ok: VecDeque<[u8; 32]>,
     wrong: VecDeque<[u8; 32]>,
+}
+
+/// A place among the verifications running or waiting, given back when
+/// dropped: when the verification ends, or when a request still waiting
+/// for its turn goes away.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct PasswordVerifier {
@@ -87,7 +110,7 @@ pub struct PasswordVerifier {
     capacity: usize,
     permits: Arc<Semaphore>,
     /// Verifications running or waiting.
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
 }
 
@@ -102,7 +125,7 @@ impl PasswordVerifier {
             }),
             capacity,
             permits: Arc::new(Semaphore::new(concurrency)),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             max_in_flight: concurrency + queue,
         }
     }
@@ -115,20 +138,30 @@ impl PasswordVerifier {
         self.remembered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Remembered verdict for this credential, dropping every entry if the
-    /// hash changed.
-    fn recall(&self, hash_mac: &[u8; 32], cred: &[u8; 32]) -> Option<bool> {
+    /// The MACs naming this hash, and this password from this client.
+    fn macs(&self, hash: &str, client: IpAddr, password: &[u8]) -> ([u8; 32], [u8; 32]) {
+        let mac = self.mac();
+        let client = client_bytes(client);
+        (mac.sign(&[hash.as_bytes()]), mac.sign(&[hash.as_bytes(), &client, password]))
+    }
+
+    /// What was remembered of this password from this client: `Some(true)`
+    /// verified, `Some(false)` refused, `None` never checked. Every entry is
+    /// compared, in constant time, whatever the answer.
+    pub fn recall(&self, hash: &str, client: IpAddr, password: &[u8]) -> Option<bool> {
+        let (hash_mac, cred) = self.macs(hash, client, password);
         let mut r = self.lock();
-        if !ct_eq(&r.hash_mac, hash_mac) {
-            r.hash_mac = *hash_mac;
+        if !ct_eq(&r.hash_mac, &hash_mac) {
+            r.hash_mac = hash_mac;
             r.ok.clear();
             r.wrong.clear();
             return None;
         }
-        let hit = |q: &VecDeque<[u8; 32]>| q.iter().fold(false, |acc, e| acc | ct_eq(e, cred));
-        if hit(&r.ok) {
+        let hit = |q: &VecDeque<[u8; 32]>| q.iter().fold(false, |acc, e| acc | ct_eq(e, &cred));
+        let (ok, wrong) = (hit(&r.ok), hit(&r.wrong));
+        if ok {
             Some(true)
-        } else if hit(&r.wrong) {
+        } else if wrong {
             Some(false)
         } else {
             None
@@ -154,29 +187,32 @@ impl PasswordVerifier {
         r.wrong.clear();
     }
 
-    /// Checks `password` against `hash`: from memory if this credential was
-    /// checked before, else with bcrypt if `may_bcrypt`.
-    pub async fn verify(&self, hash: &str, password: &[u8], may_bcrypt: bool) -> Verdict {
-        if password.len() > MAX_PASSWORD {
-            return Verdict::TooLong;
-        }
-        let mac = self.mac();
-        let hash_mac = mac.sign(&[hash.as_bytes()]);
-        let cred = mac.sign(&[hash.as_bytes(), password]);
-        match self.recall(&hash_mac, &cred) {
-            Some(true) => return Verdict::Ok,
-            Some(false) => return Verdict::Wrong,
-            None if !may_bcrypt => return Verdict::NotRemembered,
-            None => {}
-        }
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// Checks `password` from `client` against `hash` with bcrypt, and
+    /// remembers the verdict. The caller has checked the length (at most
+    /// [`MAX_PASSWORD`]) and the client's budget.
+    pub async fn verify(&self, hash: &str, client: IpAddr, password: &[u8]) -> Verdict {
+        let Some(slot) = Slot::take(&self.in_flight, self.max_in_flight) else {
             return Verdict::Busy;
-        }
-        let ok = self.run_bcrypt(hash, password).await;
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        match ok {
-            Some(ok) => {
+        };
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return Verdict::Busy;
+        };
+        let (hash_mac, cred) = self.macs(hash, client, password);
+        let owned_hash = hash.to_owned();
+        let password = Secret::from_slice(password);
+        // The slot and the permit go with the work: a request dropped while
+        // bcrypt runs does not free either before the CPU is free.
+        let job = tokio::task::spawn_blocking(move || {
+            let _held = (slot, permit);
+            lower_priority();
+            // Lengths over 72 were refused by the caller; at 72 and below
+            // this matches Go's bcrypt (the device's), which appends a NUL
+            // that the key schedule never reaches. A malformed hash
+            // verifies nothing.
+            bcrypt::verify(password.as_bytes(), &owned_hash).unwrap_or(false)
+        });
+        match job.await {
+            Ok(ok) => {
                 self.remember(&hash_mac, cred, ok);
                 if ok {
                     Verdict::Ok
@@ -184,24 +220,16 @@ impl PasswordVerifier {
                     Verdict::Wrong
                 }
             }
-            None => Verdict::Busy,
+            Err(_) => Verdict::Busy,
         }
     }
+}
 
-    /// `None` if the blocking pool could not run the job.
-    async fn run_bcrypt(&self, hash: &str, password: &[u8]) -> Option<bool> {
-        let _permit = self.permits.clone().acquire_owned().await.ok()?;
-        let hash = hash.to_owned();
-        let password = password.to_vec();
-        let job = tokio::task::spawn_blocking(move || {
-            lower_priority();
-            // Lengths over 72 were refused above; at 72 and below this
-            // matches Go's bcrypt (the device's), which appends a NUL that
-            // the key schedule never reaches. A malformed hash verifies
-            // nothing.
-            bcrypt::verify(&password, &hash).unwrap_or(false)
-        });
-        job.await.ok()
+/// The address a credential is bound to: IPv4-mapped IPv6 as IPv4.
+fn client_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| v4.to_ipv6_mapped()).unwrap_or(v6).octets(),
     }
 }
 
@@ -226,6 +254,7 @@ fn lower_priority() {
 mod tests {
     use super::*;
     use hyper::header::HeaderValue;
+    use std::time::Duration;
 
     fn with(values: &[&[u8]]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -235,15 +264,20 @@ mod tests {
         h
     }
 
+    fn basic(p: &[u8]) -> Option<Authorization> {
+        Some(Authorization::Basic(Secret::from_slice(p)))
+    }
+
     #[test]
     fn parses_headers() {
         // "user:pa:ss" -> password "pa:ss"
+        assert_eq!(parse(&with(&[b"Basic dXNlcjpwYTpzcw=="])), Ok(basic(b"pa:ss")));
+        assert_eq!(parse(&with(&[b"basic   Onh4"])), Ok(basic(b"xx")));
+        assert_eq!(parse(&with(&[b"Basic dXNlcjo="])), Ok(basic(b"")));
         assert_eq!(
-            parse(&with(&[b"Basic dXNlcjpwYTpzcw=="])),
-            Ok(Some(Authorization::Basic(b"pa:ss".to_vec())))
+            parse(&with(&[b"Bearer abc"])),
+            Ok(Some(Authorization::Bearer(Secret::from_slice(b"abc"))))
         );
-        assert_eq!(parse(&with(&[b"basic   Onh4"])), Ok(Some(Authorization::Basic(b"xx".to_vec()))));
-        assert_eq!(parse(&with(&[b"Bearer abc"])), Ok(Some(Authorization::Bearer("abc".into()))));
         assert_eq!(parse(&with(&[b"Digest x"])), Ok(Some(Authorization::Other)));
         assert_eq!(parse(&HeaderMap::new()), Ok(None));
     }
@@ -266,42 +300,81 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn remembers_and_forgets_on_hash_change() {
+    async fn remembers_per_client_and_forgets_on_hash_change() {
         let v = PasswordVerifier::new(1, 4, 2);
         let h1 = bcrypt::hash("one", 4).unwrap();
         let h2 = bcrypt::hash("two", 4).unwrap();
-        assert_eq!(v.verify(&h1, b"one", true).await, Verdict::Ok);
-        assert_eq!(
-            v.recall(&v.mac().sign(&[h1.as_bytes()]), &v.mac().sign(&[h1.as_bytes(), b"one"])),
-            Some(true)
-        );
-        assert_eq!(v.verify(&h1, b"bad", true).await, Verdict::Wrong);
-        assert_eq!(
-            v.recall(&v.mac().sign(&[h1.as_bytes()]), &v.mac().sign(&[h1.as_bytes(), b"bad"])),
-            Some(false)
-        );
-        assert_eq!(v.verify(&h1, b"unseen", false).await, Verdict::NotRemembered);
-        assert_eq!(v.verify(&h1, b"one", false).await, Verdict::Ok);
-        // New hash: the old password is checked again, and fails.
-        assert_eq!(v.verify(&h2, b"one", true).await, Verdict::Wrong);
-        assert_eq!(v.verify(&h2, b"two", true).await, Verdict::Ok);
-        assert_eq!(v.verify(&h2, &[b'a'; 73], true).await, Verdict::TooLong);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(v.recall(&h1, a, b"one"), None);
+        assert_eq!(v.verify(&h1, a, b"one").await, Verdict::Ok);
+        assert_eq!(v.recall(&h1, a, b"one"), Some(true));
+        // The same address mapped into IPv6 is the same client...
+        assert_eq!(v.recall(&h1, "::ffff:192.0.2.1".parse().unwrap(), b"one"), Some(true));
+        // ...another client proved nothing yet.
+        assert_eq!(v.recall(&h1, b, b"one"), None);
+        assert_eq!(v.verify(&h1, a, b"bad").await, Verdict::Wrong);
+        assert_eq!(v.recall(&h1, a, b"bad"), Some(false));
+        // New hash: everything is forgotten, and the old password fails.
+        assert_eq!(v.recall(&h2, a, b"one"), None);
+        assert_eq!(v.verify(&h2, a, b"one").await, Verdict::Wrong);
+        assert_eq!(v.verify(&h2, a, b"two").await, Verdict::Ok);
+        v.forget();
+        assert_eq!(v.recall(&h2, a, b"two"), None);
     }
 
     #[tokio::test]
     async fn bounded_queue_answers_busy() {
         let v = Arc::new(PasswordVerifier::new(1, 0, 4));
         let h = bcrypt::hash("x", 8).unwrap();
+        let c: IpAddr = "192.0.2.1".parse().unwrap();
         let a = {
             let v = v.clone();
             let h = h.clone();
-            tokio::spawn(async move { v.verify(&h, b"y", true).await })
+            tokio::spawn(async move { v.verify(&h, c, b"y").await })
         };
-        tokio::task::yield_now().await;
         while v.in_flight.load(Ordering::Acquire) == 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(v.verify(&h, b"z", true).await, Verdict::Busy);
+        assert_eq!(v.verify(&h, c, b"z").await, Verdict::Busy);
         assert_eq!(a.await.unwrap(), Verdict::Wrong);
+    }
+
+    /// Regression: a request dropped while its bcrypt ran (a client that
+    /// hung up, a timeout) kept its place in the queue for ever, and once
+    /// the queue was full every new password was answered "busy".
+    #[tokio::test]
+    async fn a_dropped_request_gives_its_place_back() {
+        let v = PasswordVerifier::new(1, 0, 4);
+        let h = bcrypt::hash("x", 10).unwrap();
+        let c: IpAddr = "192.0.2.1".parse().unwrap();
+        let dropped = tokio::time::timeout(Duration::from_millis(5), v.verify(&h, c, b"y")).await;
+        assert!(dropped.is_err(), "bcrypt at cost 10 took under 5 ms");
+        // Held while the CPU still runs it, given back when it ends.
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while v.in_flight.load(Ordering::Acquire) != 0 {
+            assert!(std::time::Instant::now() < end, "place never given back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(v.verify(&h, c, b"x").await, Verdict::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_waiting_gives_its_place_back_at_once() {
+        let v = Arc::new(PasswordVerifier::new(1, 1, 4));
+        let h = bcrypt::hash("x", 10).unwrap();
+        let c: IpAddr = "192.0.2.1".parse().unwrap();
+        let running = {
+            let v = v.clone();
+            let h = h.clone();
+            tokio::spawn(async move { v.verify(&h, c, b"a").await })
+        };
+        while v.in_flight.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(5), v.verify(&h, c, b"b")).await;
+        assert!(waiting.is_err());
+        assert_eq!(v.in_flight.load(Ordering::Acquire), 1);
+        assert_eq!(running.await.unwrap(), Verdict::Wrong);
     }
 }

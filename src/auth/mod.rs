@@ -4,20 +4,22 @@
 //! The rule is "any": a request is allowed if any credential it presents is
 //! valid. In order:
 //! 1. a client certificate verified by the mTLS listener;
-//! 2. a client over its failure budget gets no bcrypt work: only checks
-//!    that cost microseconds (token, cookie, a remembered password) are
-//!    made, and anything else is answered 429 — so a misconfigured job does
-//!    not lock out good jobs of the same Prometheus, and guessing is cut off;
+//! 2. one unit of the client's failure budget is taken before anything is
+//!    checked (and given back if the request is allowed);
 //! 3. the metrics token (bearer, or as the basic-auth password), whatever
 //!    the device's state;
 //! 4. the device's state: no-password mode passes everything; missing,
 //!    unreadable, torn or not-set-up state refuses (fail closed);
 //! 5. the device's session cookie;
 //! 6. the device password by basic auth (unless `auth.device_password`
-//!    is false), through bcrypt remembered per credential.
+//!    is false): remembered verdicts for this client first, then bcrypt.
 //!
-//! Every refusal counts against the client's failure budget; a refusal of a
-//! client over its budget is answered 429 rather than 401.
+//! A client over its budget still gets the checks whose secrets are 128 or
+//! more random bits (certificate, token, cookie) and a password it proved
+//! from its own address while within budget. Any other password, right or
+//! wrong, gets the same answer, 429, and costs one more unit: over budget
+//! nothing can be learnt about the device password. bcrypt for clients not
+//! yet known good also draws on one shared budget (`ratelimit`).
 
 pub mod basic;
 pub mod client_cert;
@@ -90,6 +92,8 @@ pub enum Reason {
     DeviceConfigUnavailable,
     /// Too many bcrypt verifications already waiting.
     Busy,
+    /// The shared bcrypt budget of clients not yet known good is spent.
+    Throttled,
     /// The client used up its failure budget.
     RateLimited,
     /// mTLS handshake without a client certificate.
@@ -102,7 +106,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::MissingCredentials,
         Reason::MalformedAuthorization,
         Reason::MalformedCookie,
@@ -116,6 +120,7 @@ impl Reason {
         Reason::DeviceNotSetUp,
         Reason::DeviceConfigUnavailable,
         Reason::Busy,
+        Reason::Throttled,
         Reason::RateLimited,
         Reason::ClientCertMissing,
         Reason::ClientCertInvalid,
@@ -137,6 +142,7 @@ impl Reason {
             Reason::DeviceNotSetUp => "device_not_set_up",
             Reason::DeviceConfigUnavailable => "device_config_unavailable",
             Reason::Busy => "busy",
+            Reason::Throttled => "throttled",
             Reason::RateLimited => "rate_limited",
             Reason::ClientCertMissing => "client_cert_missing",
             Reason::ClientCertInvalid => "client_cert_invalid",
@@ -176,7 +182,12 @@ impl Authenticator {
             device,
             passwords: PasswordVerifier::new(a.bcrypt_concurrency, a.bcrypt_queue, a.cache_entries),
             tokens: TokenStore::new(config.token_file.clone()),
-            limiter: FailureLimiter::new(a.failure_burst, a.failure_interval, a.tracked_clients),
+            limiter: FailureLimiter::new(
+                a.failure_burst,
+                a.failure_interval,
+                a.unverified_interval,
+                a.tracked_clients,
+            ),
             device_password: a.device_password,
         }
     }
@@ -206,25 +217,25 @@ impl Authenticator {
         if req.client_cert.is_some() {
             return Outcome::Allow(Method::ClientCert);
         }
-        let budget = self.limiter.check(req.peer);
-        let outcome = self.credentials(req.headers, budget.is_ok()).await;
-        match (outcome, budget) {
-            (Outcome::Deny(_), Err(retry)) => Outcome::Limited(retry),
-            (Outcome::Deny(_), Ok(())) => {
-                self.limiter.record_failure(req.peer);
-                outcome
+        let ticket = self.limiter.take(req.peer);
+        match self.credentials(req.headers, req.peer, ticket.within).await {
+            allowed @ Outcome::Allow(_) => {
+                self.limiter.allowed(&ticket);
+                allowed
             }
-            _ => outcome,
+            _ if !ticket.within => Outcome::Limited(ticket.retry_after),
+            refused => refused,
         }
     }
 
-    /// `may_bcrypt`: whether a password not remembered may be checked.
-    async fn credentials(&self, headers: &HeaderMap, may_bcrypt: bool) -> Outcome {
+    /// `within`: whether the client has failure budget left, which a
+    /// password not yet proved from this client needs.
+    async fn credentials(&self, headers: &HeaderMap, peer: IpAddr, within: bool) -> Outcome {
         let authorization = basic::parse(headers);
         // The token first: it does not depend on the device's state.
         let presented = match &authorization {
             Ok(Some(Authorization::Bearer(t))) => Some(t.as_bytes()),
-            Ok(Some(Authorization::Basic(p))) => Some(p.as_slice()),
+            Ok(Some(Authorization::Basic(p))) => Some(p.as_bytes()),
             _ => None,
         };
         let mut token_refusal = None;
@@ -264,18 +275,33 @@ impl Authenticator {
                 let Some(hash) = &device.hashed_password else {
                     return Outcome::Deny(Reason::BadPassword);
                 };
-                match self.passwords.verify(hash, &password, may_bcrypt).await {
-                    Verdict::Ok => Outcome::Allow(Method::Password),
-                    Verdict::Wrong => Outcome::Deny(Reason::BadPassword),
-                    Verdict::TooLong => Outcome::Deny(Reason::PasswordTooLong),
-                    Verdict::Busy => Outcome::Deny(Reason::Busy),
-                    Verdict::NotRemembered => Outcome::Deny(Reason::RateLimited),
-                }
+                self.password(hash, peer, password.as_bytes(), within).await
             }
             Some(Authorization::Bearer(_)) => Outcome::Deny(token_refusal.unwrap_or(Reason::BadToken)),
             Some(Authorization::Other) => Outcome::Deny(Reason::UnsupportedScheme),
             None if !cookies.is_empty() => Outcome::Deny(Reason::BadCookie),
             None => Outcome::Deny(Reason::MissingCredentials),
+        }
+    }
+
+    async fn password(&self, hash: &str, peer: IpAddr, password: &[u8], within: bool) -> Outcome {
+        if password.len() > basic::MAX_PASSWORD {
+            return Outcome::Deny(Reason::PasswordTooLong);
+        }
+        match self.passwords.recall(hash, peer, password) {
+            Some(true) => return Outcome::Allow(Method::Password),
+            Some(false) => return Outcome::Deny(Reason::BadPassword),
+            // Over budget, right and wrong alike: nothing is checked.
+            None if !within => return Outcome::Deny(Reason::RateLimited),
+            None => {}
+        }
+        if !self.limiter.known_good(peer) && self.limiter.take_unverified().is_err() {
+            return Outcome::Deny(Reason::Throttled);
+        }
+        match self.passwords.verify(hash, peer, password).await {
+            Verdict::Ok => Outcome::Allow(Method::Password),
+            Verdict::Wrong => Outcome::Deny(Reason::BadPassword),
+            Verdict::Busy => Outcome::Deny(Reason::Busy),
         }
     }
 }

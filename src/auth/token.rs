@@ -5,6 +5,11 @@
 //! its own config). The file is written atomically with mode 0600 and
 //! re-read when it changes, so `token new` rotates and `token revoke`
 //! revokes without a restart. The token works whatever the device's state.
+//!
+//! Whoever can write the file can choose the token: a file or directory
+//! writable by anyone but the daemon's owner (or root) refuses every token.
+//! Messages about the file never quote its lines: a pasted token may be
+//! among them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -18,7 +23,7 @@ use base64::Engine;
 
 use crate::config::io_reason;
 use crate::crypto::{ct_eq, random_bytes};
-use crate::watch::FileKey;
+use crate::watch::Stamp;
 
 /// Tokens start with this, so a leaked one is recognisable.
 pub const PREFIX: &str = "jkm_";
@@ -37,13 +42,17 @@ impl Record {
     pub fn parse(text: &str) -> Result<Record, String> {
         let mut sha = None;
         let mut created = None;
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
             match line.split_once('=') {
                 Some(("sha256", v)) => sha = Some(parse_hex32(v).ok_or("sha256 is not 64 hex digits")?),
                 Some(("created", v)) => {
                     created = Some(v.parse::<u64>().map_err(|_| "created is not a number")?)
                 }
-                _ => return Err(format!("unexpected line {line:?}")),
+                _ => return Err(format!("line {}: not sha256=HEX or created=SECONDS", n + 1)),
             }
         }
         match (sha, created) {
@@ -107,11 +116,47 @@ pub fn revoke(path: &Path) -> Result<bool, String> {
 
 /// The stored record, `None` if no token is set.
 pub fn status(path: &Path) -> Result<Option<Record>, String> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {}", path.display(), io_reason(&e))),
+    };
+    only_owner_writes(path, &meta)?;
+    only_owner_writes(parent(path), &fs::metadata(parent(path)).map_err(|e| io_err(parent(path), e))?)?;
     match read(path) {
         Ok(text) => Record::parse(&text).map(Some).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {}", path.display(), io_reason(&e))),
+        Err(e) => Err(io_err(path, e)),
     }
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> String {
+    format!("{}: {}", path.display(), io_reason(&e))
+}
+
+/// Refuses a file or directory that someone other than the daemon's owner
+/// (or root, who can write anything anyway) could write.
+fn only_owner_writes(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "{}: owned by uid {}, not by this daemon's user (uid {me})",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{}: writable by group or others (mode {:o})",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> std::io::Result<String> {
@@ -124,12 +169,14 @@ fn read(path: &Path) -> std::io::Result<String> {
 /// temp file in the same directory (0600), fsync, rename, fsync the
 /// directory: a reader sees the old file or the new one, never a mix.
 fn write_atomically(path: &Path, content: &[u8]) -> Result<(), String> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let err = |p: &Path, e: std::io::Error| format!("{}: {}", p.display(), io_reason(&e));
+    let dir = parent(path);
+    let err = io_err;
     if !dir.exists() {
         fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(dir, e))?;
     }
+    // A token written where others can replace it would be refused anyway.
+    only_owner_writes(dir, &fs::metadata(dir).map_err(|e| err(dir, e))?)?;
     let name = path.file_name().ok_or_else(|| format!("{}: not a file name", path.display()))?;
     let tmp: PathBuf = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let _ = fs::remove_file(&tmp);
@@ -147,8 +194,8 @@ fn write_atomically(path: &Path, content: &[u8]) -> Result<(), String> {
 }
 
 fn sync_dir(path: &Path) -> Result<(), String> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {}", dir.display(), io_reason(&e)))
+    let dir = parent(path);
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
 }
 
 /// Unix seconds as RFC 3339 UTC, e.g. `2026-11-22T08:00:00Z`.
@@ -180,7 +227,8 @@ pub enum Check {
 }
 
 struct Cached {
-    key: Option<FileKey>,
+    /// The file and its directory: who may write either matters.
+    stamp: Stamp,
     state: Result<Option<[u8; 32]>, String>,
 }
 
@@ -206,15 +254,10 @@ impl TokenStore {
     }
 
     fn current(&self) -> Result<Option<[u8; 32]>, String> {
-        let key = FileKey::stat(&self.path);
+        let stamp = Stamp::of([self.path.as_path(), parent(&self.path)]);
         let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(cached) = c.as_ref() {
-            let fresh = match (&cached.key, &key) {
-                (Some(a), Some(b)) => !a.racy && a.same(b),
-                (None, None) => true,
-                _ => false,
-            };
-            if fresh {
+            if cached.stamp.still(&stamp) {
                 return cached.state.clone();
             }
         }
@@ -233,7 +276,7 @@ impl TokenStore {
             }
         }
         self.load_ok.store(state.is_ok(), Ordering::Relaxed);
-        *c = Some(Cached { key, state: state.clone() });
+        *c = Some(Cached { stamp, state: state.clone() });
         state
     }
 
@@ -258,6 +301,9 @@ mod tests {
         for bad in ["", "sha256=00\ncreated=1\n", "sha256=zz\n", "created=1\n", "foo=bar\n", "garbage"] {
             assert!(Record::parse(bad).is_err(), "{bad:?}");
         }
+        // A pasted token is never quoted back.
+        let e = Record::parse("# header\njkm_pasted-secret\n").unwrap_err();
+        assert_eq!(e, "line 2: not sha256=HEX or created=SECONDS");
     }
 
     #[test]

@@ -8,8 +8,10 @@ metrics token (credentials_file), a wrong password, and mTLS against the
 metrics service (with a client certificate). Checks through Prometheus's
 HTTP API, changes the device password inside the board (in place, as the
 device does), kills the daemon with SIGKILL and watches it come back,
-enables the mTLS metrics service and restarts the daemon through its init
-script, and shuts the board down cleanly.
+checks that the system log stays bounded under a flood of refusals, enables
+the mTLS metrics service and restarts the daemon through its init script,
+checks that the init script says FAIL when the daemon cannot start and OK
+when /var/log cannot be written, and shuts the board down cleanly.
 
 usage: tests/e2e/board.py [--keep]
 On failure the board's console log is copied to out/artifacts/.
@@ -152,6 +154,51 @@ scrape_configs:
         self.proc.wait(timeout=30)
 
 
+def measure_mtls_handshakes(board, n=20):
+    """Sessions are never resumed on the mTLS listener: each new connection
+    pays a full handshake. Measures it against requests on one kept-alive
+    connection (what Prometheus does between scrapes) and records both."""
+    import ssl
+    s = f"{board.state}/secrets"
+    ctx = ssl.create_default_context(cafile=f"{s}/board-ca.pem")
+    ctx.load_cert_chain(f"{s}/client.crt", f"{s}/client.key")
+    req = b"GET /healthz HTTP/1.1\r\nHost: jetkvm.local\r\n\r\n"
+
+    def exchange(conn):
+        conn.sendall(req)
+        buf = b""
+        while not buf.endswith(b"ok\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                raise AssertionError(f"connection closed: {buf!r}")
+            buf += chunk
+
+    def connect():
+        raw = socket.create_connection(("127.0.0.1", board.metrics), timeout=10)
+        return ctx.wrap_socket(raw, server_hostname="jetkvm.local", session=last[0])
+
+    last = [None]
+    t = time.monotonic()
+    resumed = 0
+    for _ in range(n):
+        with connect() as conn:
+            exchange(conn)
+            resumed += conn.session_reused
+            last[0] = conn.session
+    fresh = (time.monotonic() - t) / n
+    with connect() as conn:
+        exchange(conn)
+        t = time.monotonic()
+        for _ in range(n):
+            exchange(conn)
+        kept = (time.monotonic() - t) / n
+    check("board: mTLS sessions never resumed", resumed == 0, f"{resumed} of {n} resumed")
+    print(f"board: mTLS new connection (full handshake) {fresh * 1000:.0f} ms, "
+          f"request on a kept-alive connection {kept * 1000:.0f} ms", flush=True)
+    with open(f"{board.state}/mtls-handshake-ms", "w") as f:
+        f.write(f"{fresh * 1000:.0f} {kept * 1000:.0f}\n")
+
+
 def main():
     keep = "--keep" in sys.argv
     work = tempfile.mkdtemp(prefix="jetkvm-e2e-")
@@ -214,6 +261,24 @@ def main():
         check("board: daemon back within 5 s of kill -9", back < 5, f"{back:.1f}s")
         check("board: a new daemon process", board.sh("cat /var/run/jetkvm-metrics.pid").strip() != pid)
 
+        # Logs are bounded: the daemon logs to syslogd's fixed ring buffer,
+        # never to a file in /var/log (RAM on the device). Fill the buffer
+        # with other messages, then flood refusals: the daemon's lines are
+        # there, and the log is no bigger than the buffer.
+        board.sh("yes 'filler: a long line to fill the system log buffer past its size, over and over' "
+                 "| head -n 8000 | logger -t filler", timeout=120)
+        for _ in range(150):
+            http_status(url)
+        check("board: refusals still answered during the flood", http_status(url) in (401, 429))
+        logged = board.sh("logread | grep -c 'jetkvm-metrics.*refused /metrics'").strip()
+        check("board: refusals reach the system log", int(logged or 0) >= 1, logged)
+        size = int(board.sh("logread | wc -c").strip())
+        check("board: system log within its 256 KiB buffer after a flood", size <= 256 * 1024, f"{size} bytes")
+        files = board.sh("find /var/log/ -type f | wc -l").strip()
+        check("board: no log file grows in /var/log", files == "0", board.sh("ls -la /var/log/"))
+        print(f"board: system log {size} bytes after 8000 filler lines and 150 refusals", flush=True)
+        check("prometheus: token job up through the flood (checked over budget)", prom.up("token") == 1)
+
         # Enable the mTLS metrics service (the migration: the job exists first).
         board.sh("cp /userdata/jetkvm/metrics/config-mtls.toml /userdata/jetkvm/metrics/config.toml"
                  " && /etc/init.d/S95jetkvm-metrics restart")
@@ -223,10 +288,24 @@ def main():
         until("general jobs down after the move", lambda: prom.up("token") == 0, 30)
         tls = until("listener state", lambda: prom.value('jetkvm_exporter_listener_info{job="mtls",listener="metrics_service",tls="mtls"}'), 30)
         check("prometheus: metrics service reports mTLS", tls == 1)
+        measure_mtls_handshakes(board)
         rss = board.sh("grep '^Rss' /proc/$(cat /var/run/jetkvm-metrics.pid)/smaps_rollup").split()[1]
         print(f"board: daemon RSS (smaps_rollup) {rss} kB", flush=True)
         with open(f"{board.state}/daemon-rss-kb", "w") as f:
             f.write(rss)
+
+        # The init script reports what happened. A daemon that cannot start
+        # (a bad configuration) is FAIL with a non-zero exit...
+        cfg = "/userdata/jetkvm/metrics/config.toml"
+        out = board.sh(f"cp {cfg} /tmp/config.good && echo 'bogus = 1' > {cfg} && "
+                       "/etc/init.d/S95jetkvm-metrics restart; echo exit=$?", timeout=60)
+        check("board: init script says FAIL when the daemon cannot start",
+              "Starting jetkvm-metrics: FAIL" in out and "exit=1" in out, out)
+        # ...and one that starts is OK even where /var/log cannot be written.
+        out = board.sh(f"cp /tmp/config.good {cfg} && mount -o remount,ro /tmp && "
+                       "/etc/init.d/S95jetkvm-metrics restart; echo exit=$?; mount -o remount,rw /tmp", timeout=60)
+        check("board: init script OK with /var/log read-only", "Starting jetkvm-metrics: OK" in out and "exit=0" in out, out)
+        until("mTLS job up after the restarts", lambda: prom.up("mtls") == 1, 60)
 
         # Clean shutdown through init.
         qpid = board.qemu_pid()

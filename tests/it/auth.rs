@@ -204,3 +204,52 @@ fn landing_page_and_health_need_no_auth_and_reveal_nothing() {
     let r = d.get("/healthz", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
 }
+
+/// Whether `needle` is anywhere in the writable memory of process `pid`.
+fn memory_contains(pid: u32, needle: &[u8]) -> bool {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (mut at, end) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        while at < end {
+            // Overlap chunks so a needle across a boundary is found.
+            let len = ((end - at) as usize).min(buf.len());
+            let Ok(n) = mem.read_at(&mut buf[..len], at) else { break };
+            if n == 0 {
+                break;
+            }
+            if buf[..n].windows(needle.len()).any(|w| w == needle) {
+                return true;
+            }
+            at += n.saturating_sub(needle.len()).max(1) as u64;
+        }
+    }
+    false
+}
+
+/// Passwords, right and wrong, leave no plaintext behind in the daemon's
+/// memory once their requests are answered.
+#[test]
+fn plaintext_passwords_are_wiped_after_use() {
+    let right = format!("right-{}-Qz8", std::process::id());
+    let wrong = format!("wrong-{}-Qz8", std::process::id());
+    let hashed = hash(&right, Version::TwoA, 4);
+    let d = Daemon::start("", Some(&password_mode(&hashed, "")));
+    for _ in 0..3 {
+        assert_eq!(d.get("/metrics", &[("Authorization", &basic("admin", &right))]).status, 200);
+        assert_eq!(d.get("/metrics", &[("Authorization", &basic("admin", &wrong))]).status, 401);
+    }
+    let pid = d.child.id();
+    // The scan works: the hash the daemon holds is found.
+    assert!(memory_contains(pid, hashed.as_bytes()), "the memory scan finds nothing");
+    assert!(!memory_contains(pid, right.as_bytes()), "the right password is still in memory");
+    assert!(!memory_contains(pid, wrong.as_bytes()), "a wrong password is still in memory");
+}

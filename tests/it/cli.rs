@@ -60,23 +60,100 @@ fn check_config_ok_and_every_problem_on_its_own_line() {
     assert_eq!(lines[1], format!("config {b}: key \"connection_ports\": 0 is not a TCP port"));
     assert!(lines[2].starts_with(&format!("config {b}: key \"limits.header_timeout\"")));
 
-    // Syntax is fine, files are not: each named file is a problem.
+    // proc_root would stop serve: an error. A device config that does not
+    // exist is a device not set up yet, a valid state; a filesystem missing
+    // on this machine is a warning.
     let files = dir.write(
         "files.toml",
         &format!("device_config = \"{}\"\nproc_root = \"/nonexistent-proc\"\nfilesystems = [\"/nonexistent-fs\"]\n", dir.path("missing.json").display()),
     );
-    let (code, out, _) = run(&["check-config", "-c", files.to_str().unwrap()]);
+    let (code, out, err) = run(&["check-config", "-c", files.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("key \"proc_root\": /nonexistent-proc is not a directory"));
-    assert!(out.contains("missing.json: no such file"));
-    assert!(out.contains("key \"filesystems\": /nonexistent-fs"));
+    assert!(!out.contains("missing.json") && !err.contains("missing.json"), "{out}{err}");
+    assert!(err.contains("warning: ") && err.contains("key \"filesystems\": /nonexistent-fs"), "{err}");
 
+    // A device config that exists but does not parse is the device's state
+    // now, not configuration: a warning.
     let torn = dir.write("torn.json", "{\"localAuthMode\": \"pass");
     let f = dir.write("torn.toml", &format!("device_config = \"{}\"\nfilesystems = []\n", torn.display()));
+    let (code, out, err) = run(&["check-config", "-c", f.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (0, "OK\n"), "{err}");
+    assert!(err.contains("torn.json: not valid JSON"), "{err}");
+}
+
+/// Regression: check-config judged the device's state, failing on a device
+/// not set up yet and on a machine without the device's filesystems.
+#[test]
+fn check_config_passes_on_the_defaults_and_on_a_device_not_set_up() {
+    let dir = TempDir::new();
+    if !std::path::Path::new("/etc/jetkvm-metrics/config.toml").exists() {
+        let (code, out, err) = run(&["check-config"]);
+        assert_eq!((code, out.as_str()), (0, "OK\n"), "{err}");
+    }
+    // Only what the built-in defaults name can make a warning.
+    let (code, out, err) = run(&["check-config", "-c", dir.write("empty.toml", "").to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (0, "OK\n"), "{err}");
+    for line in err.lines() {
+        assert!(line.starts_with("warning: config "), "{line}");
+    }
+    if !std::path::Path::new("/userdata").exists() {
+        assert!(err.contains("key \"filesystems\": /userdata"), "{err}");
+    }
+    let f = dir.write(
+        "unset.toml",
+        &format!(
+            "device_config = \"{}\"\ntoken_file = \"{}\"\nfilesystems = [\"/\"]\n",
+            dir.path("kvm_config.json").display(),
+            dir.path("no/token.sha256").display()
+        ),
+    );
+    let (code, out, err) = run(&["check-config", "-c", f.to_str().unwrap()]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "OK\n", ""));
+}
+
+/// Regression: mtls, keypairs or ca_certs without `enabled = true` were
+/// ignored, and metrics stayed on plain HTTP.
+#[test]
+fn metrics_service_settings_without_enabled_stop_the_daemon() {
+    let dir = TempDir::new();
+    let f = dir.write(
+        "c.toml",
+        "listen_addr = \"127.0.0.1:0\"\nfilesystems = []\n[metrics_service]\nmtls = true\nca_certs = [\"/ca.pem\"]\n",
+    );
     let (code, out, _) = run(&["check-config", "-c", f.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(out.contains("torn.json: not valid JSON"), "{out}");
+    assert!(
+        out.contains("key \"metrics_service.mtls\": set, but metrics_service.enabled is not true"),
+        "{out}"
+    );
+    assert!(out.contains("key \"metrics_service.ca_certs\": set, but"), "{out}");
+    let (code, _, err) = run(&["serve", "-c", f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("metrics_service.mtls"), "{err}");
+}
+
+/// A configuration the daemon's user cannot read stops it, with the file
+/// and the reason: never the built-in defaults.
+#[test]
+fn a_configuration_the_daemon_cannot_read_stops_it() {
+    let dir = TempDir::new();
+    let private = dir.path("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::write(private.join("config.toml"), "listen_addr = \"127.0.0.1:0\"\n").unwrap();
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let file = private.join("config.toml");
+    // As an unprivileged user (root reads anything).
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "serve", "--config"])
+        .arg(&file)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim(), format!("jetkvm-metrics: config {}: permission denied", file.display()));
 }
 
 #[test]

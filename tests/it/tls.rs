@@ -253,6 +253,101 @@ fn certificates_rotate_while_scraping_and_bad_files_keep_the_old_ones() {
         .contains("still serving the previous certificates"));
 }
 
+/// Regression: emptying or removing the CA file (revoking every client)
+/// kept the previous CAs trusted, as a bad keypair keeps the old keypair.
+#[test]
+fn an_emptied_or_removed_ca_file_refuses_every_client_until_it_is_valid() {
+    let c = certs();
+    let d = start(&no_password_mode(), |dir| {
+        write_certs(dir, &c);
+        service(dir, true, "")
+    });
+    let addr = d.metrics_addr.unwrap();
+    let client = TlsClient::new(&c.ca.cert_pem()).with_cert(&c.client);
+    assert_eq!(client.get(addr, "/metrics", &[]).unwrap().resp.status, 200);
+    let ca_file = d.dir.path("ca.pem");
+    for (what, revoke) in [
+        ("emptied", &(|p: &std::path::Path| std::fs::write(p, "").unwrap()) as &dyn Fn(&std::path::Path)),
+        ("removed", &|p: &std::path::Path| std::fs::remove_file(p).unwrap()),
+        ("torn", &|p: &std::path::Path| std::fs::write(p, "-----BEGIN CERTIFICATE-----\nMIIB").unwrap()),
+    ] {
+        revoke(&ca_file);
+        let refused = client.get(addr, "/metrics", &[]);
+        assert!(refused.is_err(), "CA file {what}: {:?}", refused.map(|r| r.resp.status));
+        // It stays refused (the failed reload is not undone by a retry).
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(client.get(addr, "/metrics", &[]).is_err(), "CA file {what}, a second later");
+        std::fs::write(&ca_file, c.ca.cert_pem()).unwrap();
+        let r = client.get(addr, "/metrics", &[]).unwrap();
+        assert_eq!(r.resp.status, 200, "CA file {what} then restored");
+    }
+    assert!(d.wait_log("refusing every client certificate").contains("refusing every client certificate"));
+}
+
+/// Connects with client certificate `cert` (if any), offering `session`
+/// for resumption, at most TLS `max`; returns the response status, whether
+/// the session was resumed, and the session to offer next time.
+fn mtls_exchange(
+    addr: std::net::SocketAddr,
+    c: &Certs,
+    cert: Option<&Issued>,
+    session: Option<&openssl::ssl::SslSession>,
+    max: openssl::ssl::SslVersion,
+) -> Result<(u16, bool, Option<openssl::ssl::SslSession>), String> {
+    use openssl::ssl::{SslConnector, SslMethod, SslSessionCacheMode};
+    use std::io::{Read, Write};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    let mut store = openssl::x509::store::X509StoreBuilder::new().unwrap();
+    store.add_cert(c.ca.cert.clone()).unwrap();
+    b.set_cert_store(store.build());
+    b.set_max_proto_version(Some(max)).unwrap();
+    b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+    if let Some(cert) = cert {
+        b.set_certificate(&cert.cert).unwrap();
+        b.set_private_key(&cert.key).unwrap();
+    }
+    let mut cfg = b.build().configure().unwrap();
+    if let Some(s) = session {
+        // SAFETY: the session came from a connection to the same server
+        // with the same settings.
+        unsafe { cfg.set_session(s).unwrap() };
+    }
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = cfg.connect("localhost", tcp).map_err(|e| e.to_string())?;
+    s.write_all(request("localhost", "/healthz", &[]).as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let resp = parse_response(&buf).ok_or("no response")?;
+    Ok((resp.status, s.ssl().session_reused(), s.ssl().session().map(|s| s.to_owned())))
+}
+
+/// Regression: on the mTLS listener a resumed session skipped client
+/// verification: a client holding a session from an earlier connection got
+/// in without presenting a certificate.
+#[test]
+fn mtls_sessions_are_never_resumed() {
+    use openssl::ssl::SslVersion;
+    let c = certs();
+    let d = start(&no_password_mode(), |dir| {
+        write_certs(dir, &c);
+        service(dir, true, "")
+    });
+    let addr = d.metrics_addr.unwrap();
+    for max in [SslVersion::TLS1_3, SslVersion::TLS1_2] {
+        let (status, resumed, session) = mtls_exchange(addr, &c, Some(&c.client), None, max).unwrap();
+        assert_eq!((status, resumed), (200, false), "{max:?}");
+        let session = session.expect("the client keeps a session to offer");
+        // The same certificate again: verified again, not resumed.
+        let (status, resumed, _) = mtls_exchange(addr, &c, Some(&c.client), Some(&session), max).unwrap();
+        assert_eq!((status, resumed), (200, false), "{max:?}");
+        // No certificate, an earlier session: refused.
+        let r = mtls_exchange(addr, &c, None, Some(&session), max);
+        let got = r.map(|(status, resumed, _)| (status, resumed));
+        assert!(got.as_ref().map_or(true, |(s, _)| *s != 200), "{max:?}: {got:?}");
+    }
+}
+
 /// Runs check-config and serve on a metrics_service section; both must
 /// fail naming `needle`.
 fn rejected(dir: &TempDir, general: &str, section: &str, needle: &str) {

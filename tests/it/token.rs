@@ -131,7 +131,65 @@ fn a_corrupt_token_file_refuses_tokens() {
     let (code, _, err) = token_cmd(&d.dir.path("config.toml"), "status");
     assert_eq!(code, 1);
     assert!(err.contains("token_file") && err.contains("sha256"), "{err}");
+    // The token is state, not configuration: check-config warns.
     let out =
         Command::new(BIN).args(["check-config", "--config"]).arg(d.dir.path("config.toml")).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("key \"token_file\""));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: config"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key \"token_file\""));
+}
+
+/// Regression: a line of the token file that did not parse was quoted in
+/// the log and by `token status`, and it may be a pasted token.
+#[test]
+fn a_token_pasted_into_the_token_file_is_never_quoted() {
+    let d = Daemon::start("", Some(&password_mode(&hash("pw", Version::TwoA, 4), "sess")));
+    let (_, out, _) = token_cmd(&d.dir.path("config.toml"), "new");
+    let t = out.trim().to_owned();
+    let mut f = std::fs::OpenOptions::new().append(true).open(d.dir.path("token.sha256")).unwrap();
+    std::io::Write::write_all(&mut f, format!("{t}\n").as_bytes()).unwrap();
+    drop(f);
+    assert_eq!(d.get("/metrics", &[("Authorization", &bearer(&t))]).status, 401);
+    let log = d.wait_log("refusing tokens");
+    assert!(log.contains("line 4: not sha256=HEX or created=SECONDS"), "{log}");
+    let (code, out, err) = token_cmd(&d.dir.path("config.toml"), "status");
+    assert_eq!(code, 1);
+    let secret = &t[4..];
+    for text in [&log, &out, &err] {
+        assert!(!text.contains(secret), "the token was quoted: {text}");
+    }
+}
+
+/// Regression: a token file, or its directory, that others could write was
+/// trusted: anyone who can write it chooses the token.
+#[test]
+fn a_token_file_others_can_write_refuses_every_token() {
+    let d = Daemon::start("", Some(&password_mode(&hash("pw", Version::TwoA, 4), "")));
+    let (_, out, _) = token_cmd(&d.dir.path("config.toml"), "new");
+    let auth = bearer(out.trim());
+    let file = d.dir.path("token.sha256");
+    let set_mode = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    assert_eq!(d.get("/metrics", &[("Authorization", &auth)]).status, 200);
+    set_mode(&file, 0o666);
+    assert_eq!(d.get("/metrics", &[("Authorization", &auth)]).status, 401);
+    let log = d.wait_log("writable by group or others (mode 666); refusing tokens");
+    assert!(
+        log.contains(&format!(
+            "token file {}: writable by group or others (mode 666); refusing tokens",
+            file.display()
+        )),
+        "{log}"
+    );
+    set_mode(&file, 0o600);
+    assert_eq!(d.get("/metrics", &[("Authorization", &auth)]).status, 200);
+    set_mode(&d.dir.0, 0o777);
+    assert_eq!(d.get("/metrics", &[("Authorization", &auth)]).status, 401);
+    set_mode(&d.dir.0, 0o755);
+    assert_eq!(d.get("/metrics", &[("Authorization", &auth)]).status, 200);
+    // Owned by another user: refused as well.
+    std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+    assert_eq!(d.get("/metrics", &[("Authorization", &auth)]).status, 401);
+    assert!(d.wait_log("owned by uid 65534").contains("owned by uid 65534"));
 }
