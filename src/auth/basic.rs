@@ -323,20 +323,24 @@ mod tests {
         assert_eq!(v.recall(&h2, a, b"two"), None);
     }
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    /// A wrong password for `h` being checked, once it holds its place.
+    async fn running(v: &Arc<PasswordVerifier>, h: &str) -> tokio::task::JoinHandle<Verdict> {
+        let (v2, h) = (v.clone(), h.to_owned());
+        let job = tokio::spawn(async move { v2.verify(&h, CLIENT, b"wrong").await });
+        while v.in_flight.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        job
+    }
+
     #[tokio::test]
     async fn bounded_queue_answers_busy() {
         let v = Arc::new(PasswordVerifier::new(1, 0, 4));
         let h = bcrypt::hash("x", 8).unwrap();
-        let c: IpAddr = "192.0.2.1".parse().unwrap();
-        let a = {
-            let v = v.clone();
-            let h = h.clone();
-            tokio::spawn(async move { v.verify(&h, c, b"y").await })
-        };
-        while v.in_flight.load(Ordering::Acquire) == 0 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(v.verify(&h, c, b"z").await, Verdict::Busy);
+        let a = running(&v, &h).await;
+        assert_eq!(v.verify(&h, CLIENT, b"z").await, Verdict::Busy);
         assert_eq!(a.await.unwrap(), Verdict::Wrong);
     }
 
@@ -363,18 +367,10 @@ mod tests {
     async fn a_request_dropped_while_waiting_gives_its_place_back_at_once() {
         let v = Arc::new(PasswordVerifier::new(1, 1, 4));
         let h = bcrypt::hash("x", 10).unwrap();
-        let c: IpAddr = "192.0.2.1".parse().unwrap();
-        let running = {
-            let v = v.clone();
-            let h = h.clone();
-            tokio::spawn(async move { v.verify(&h, c, b"a").await })
-        };
-        while v.in_flight.load(Ordering::Acquire) == 0 {
-            tokio::task::yield_now().await;
-        }
-        let waiting = tokio::time::timeout(Duration::from_millis(5), v.verify(&h, c, b"b")).await;
+        let first = running(&v, &h).await;
+        let waiting = tokio::time::timeout(Duration::from_millis(5), v.verify(&h, CLIENT, b"b")).await;
         assert!(waiting.is_err());
         assert_eq!(v.in_flight.load(Ordering::Acquire), 1);
-        assert_eq!(running.await.unwrap(), Verdict::Wrong);
+        assert_eq!(first.await.unwrap(), Verdict::Wrong);
     }
 }

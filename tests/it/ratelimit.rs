@@ -155,7 +155,9 @@ fn a_flood_from_thousands_of_addresses_gets_a_bounded_number_of_checks() {
     let bound = 2 + (elapsed / 0.5).ceil() as usize;
     eprintln!("2400 addresses in {elapsed:.1} s: {checked} passwords checked (bound {bound})");
     assert!(checked <= bound, "{checked} checks in {elapsed:.1} s");
-    assert!(checked >= 2);
+    // The shared budget is not shut: the first password of the flood (the
+    // good client's took one of the two at the start) was checked.
+    assert!(checked >= 1);
     let t = get_from("127.0.0.2", d.addr, "/metrics", &[("Authorization", &good)]).text();
     assert!(sample(&t, "jetkvm_exporter_auth_failures_total{reason=\"throttled\"}").unwrap() >= 2000.0);
 }
