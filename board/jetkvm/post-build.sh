@@ -13,9 +13,11 @@ main() {
     # The persistent partition is mounted here (see etc/fstab).
     mkdir -p "$target/userdata"
     # Buildroot's skeleton links these into tmpfs; keep it so for any rootfs.
+    # (-L too: the links dangle outside the board, and Buildroot runs this
+    # again on every make.)
     mkdir -p "$target/var"
-    [[ -e "$target/var/run" ]] || ln -s ../run "$target/var/run"
-    [[ -e "$target/var/log" ]] || ln -s ../tmp "$target/var/log"
+    [[ -e "$target/var/run" || -L "$target/var/run" ]] || ln -s ../run "$target/var/run"
+    [[ -e "$target/var/log" || -L "$target/var/log" ]] || ln -s ../tmp "$target/var/log"
     # The device's system version, read by jetkvm_device_info.
     printf '%s\n' "${VERSION:-${BR2_VERSION:-dev}}" >"$target/version"
     local keyring="$target/etc/jetkvm/ota-key.gpg"
