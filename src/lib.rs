@@ -6,7 +6,7 @@
 //! - `device`: the device's auth state (`kvm_config.json`), fail closed
 //! - `auth`: one module per credential and the one function that decides
 //! - `collectors`: device state read on scrape, one file per collector
-//! - `exposition`: the text format writer
+//! - `metrics`: metric families in the `prometheus` crate's model, and their text
 //! - `server`: listeners, limits, routes
 //! - `telemetry`: the daemon's own counters
 //! - `crypto`: OpenSSL primitives (random, HMAC, constant-time compare)
@@ -17,7 +17,7 @@ pub mod collectors;
 pub mod config;
 pub mod crypto;
 pub mod device;
-pub mod exposition;
+pub mod metrics;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

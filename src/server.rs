@@ -30,10 +30,9 @@ use tokio::sync::{watch, Notify};
 use tokio_openssl::SslStream;
 
 use crate::auth::{self, client_cert, Authenticator, Outcome, Reason};
-use crate::collectors::Registry;
 use crate::config::Config;
 use crate::device::DeviceState;
-use crate::exposition::{self, Exposition, Kind};
+use crate::metrics::{self, Families, Kind};
 use crate::telemetry::{HttpError, Telemetry};
 use crate::tls;
 
@@ -92,7 +91,8 @@ impl Listener {
 pub struct App {
     pub config: Config,
     pub auth: Authenticator,
-    pub collectors: Registry,
+    /// The collectors and the daemon's own counters.
+    pub registry: prometheus::Registry,
     pub telemetry: Telemetry,
     pub listeners: Vec<Arc<Listener>>,
     refusal_log: LogLimiter,
@@ -124,10 +124,12 @@ impl App {
                 serves_metrics: true,
             }));
         }
+        let registry = prometheus::Registry::new();
+        crate::collectors::register(&config, &registry).map_err(|e| format!("metrics: {e}"))?;
         Ok(Arc::new(App {
             auth: Authenticator::new(&config, device),
-            collectors: Registry::from_config(&config),
-            telemetry: Telemetry::default(),
+            telemetry: Telemetry::new(&registry).map_err(|e| format!("metrics: {e}"))?,
+            registry,
             refusal_log: LogLimiter::new(20, Duration::from_secs(60)),
             listeners,
             config,
@@ -523,18 +525,18 @@ async fn metrics(app: &App, req: &Request<Incoming>, ctx: &ConnCtx) -> Resp {
     };
     app.telemetry.auth_success(method);
     app.telemetry.scrape();
-    let mut out = Exposition::new();
-    app.collectors.gather(&mut out);
-    Registry::gather_process(&mut out);
-    app.telemetry.write(&mut out, app.auth.device().load_ok());
-    write_exporter_state(app, &mut out);
-    let body = out.into_string().into_bytes();
+    let mut families = app.registry.gather();
+    let mut state = Families::new();
+    write_exporter_state(app, &mut state);
+    families.extend(state.into_vec());
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let body = metrics::encode(&families);
 
     let gzip = accepts_gzip(req.headers());
     let body = if gzip { gzip_bytes(&body) } else { body };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(exposition::CONTENT_TYPE));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     if gzip {
@@ -544,7 +546,13 @@ async fn metrics(app: &App, req: &Request<Incoming>, ctx: &ConnCtx) -> Resp {
 }
 
 /// Listener, TLS and token state.
-fn write_exporter_state(app: &App, out: &mut Exposition) {
+fn write_exporter_state(app: &App, out: &mut Families) {
+    out.single(
+        "jetkvm_exporter_device_config_load_success",
+        "Whether the device's auth state (kvm_config.json) was last read successfully.",
+        Kind::Gauge,
+        if app.auth.device().load_ok() { 1.0 } else { 0.0 },
+    );
     let mut f = out.family(
         "jetkvm_exporter_listener_info",
         "A listener of this exporter: its role and TLS mode (none, tls, mtls); always 1.",

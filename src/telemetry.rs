@@ -1,11 +1,9 @@
-//! The daemon's own counters (auth outcomes, HTTP errors, evictions) and
-//! their exposition. Plain atomics indexed by small enums: no registry, no
-//! allocation per request.
+//! The daemon's own counters (auth outcomes, HTTP errors, evictions), as
+//! `prometheus` counters in the registry the collectors are in.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, Result};
 
 use crate::auth::{Method, Reason};
-use crate::exposition::{Exposition, Kind};
 
 /// Connection-level problems hyper or our limits ended a connection for.
 #[derive(Clone, Copy, Debug)]
@@ -24,10 +22,10 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    const ALL: [HttpError; 5] =
+    pub const ALL: [HttpError; 5] =
         [HttpError::Parse, HttpError::TooLarge, HttpError::Timeout, HttpError::TlsHandshake, HttpError::Io];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             HttpError::Parse => "parse",
             HttpError::TooLarge => "too_large",
@@ -38,113 +36,121 @@ impl HttpError {
     }
 }
 
-#[derive(Default)]
+/// The daemon's counters, registered in the same `prometheus` registry as
+/// the collectors. One handle per label value, made at start: counting is
+/// an atomic add, and every series is exposed from the first scrape on.
 pub struct Telemetry {
-    auth_failures: [AtomicU64; Reason::ALL.len()],
-    auth_successes: [AtomicU64; Method::ALL.len()],
-    http_errors: [AtomicU64; HttpError::ALL.len()],
-    bad_requests: AtomicU64,
-    evicted: AtomicU64,
-    refused: AtomicU64,
-    scrapes: AtomicU64,
+    auth_failures: Vec<IntCounter>,
+    auth_successes: Vec<IntCounter>,
+    http_errors: Vec<IntCounter>,
+    bad_requests: IntCounter,
+    evicted: IntCounter,
+    refused: IntCounter,
+    scrapes: IntCounter,
 }
 
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+/// A counter family with one label, a handle for each of `values`.
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> Result<Vec<IntCounter>> {
+    let vec = IntCounterVec::new(Opts::new(name, help), &[label])?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(values.iter().map(|v| vec.with_label_values(&[*v])).collect())
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
 impl Telemetry {
+    pub fn new(registry: &Registry) -> Result<Telemetry> {
+        let build = IntGaugeVec::new(
+            Opts::new("jetkvm_exporter_build_info", "Version and target of this exporter; always 1."),
+            &["version", "target"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::TARGET]).set(1);
+        registry.register(Box::new(build))?;
+        let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.label()).collect();
+        let methods: Vec<&str> = Method::ALL.iter().map(|m| m.label()).collect();
+        let errors: Vec<&str> = HttpError::ALL.iter().map(|e| e.label()).collect();
+        Ok(Telemetry {
+            auth_failures: counter_vec(
+                registry,
+                "jetkvm_exporter_auth_failures_total",
+                "Requests for metrics refused, by reason.",
+                "reason",
+                &reasons,
+            )?,
+            auth_successes: counter_vec(
+                registry,
+                "jetkvm_exporter_auth_successes_total",
+                "Requests for metrics allowed, by method.",
+                "method",
+                &methods,
+            )?,
+            http_errors: counter_vec(
+                registry,
+                "jetkvm_exporter_http_errors_total",
+                "Connections ended for malformed, oversized or stalled requests, or I/O errors.",
+                "reason",
+                &errors,
+            )?,
+            bad_requests: counter(
+                registry,
+                "jetkvm_exporter_http_bad_requests_total",
+                "Requests answered 4xx before authentication (method not allowed).",
+            )?,
+            evicted: counter(
+                registry,
+                "jetkvm_exporter_connections_evicted_total",
+                "Idle connections closed to make room under the connection limit.",
+            )?,
+            refused: counter(
+                registry,
+                "jetkvm_exporter_connections_refused_total",
+                "New connections closed at once because every open connection was busy.",
+            )?,
+            scrapes: counter(
+                registry,
+                "jetkvm_exporter_scrapes_total",
+                "Scrapes served, this one included.",
+            )?,
+        })
+    }
+
     pub fn auth_failure(&self, r: Reason) {
-        bump(&self.auth_failures[r as usize]);
+        self.auth_failures[r as usize].inc();
     }
 
     pub fn auth_success(&self, m: Method) {
-        bump(&self.auth_successes[m as usize]);
+        self.auth_successes[m as usize].inc();
     }
 
     pub fn http_error(&self, e: HttpError) {
-        bump(&self.http_errors[e as usize]);
+        self.http_errors[e as usize].inc();
     }
 
     /// A request refused before auth (bad method, unknown path is not one).
     pub fn bad_request(&self) {
-        bump(&self.bad_requests);
+        self.bad_requests.inc();
     }
 
     pub fn evicted(&self) {
-        bump(&self.evicted);
+        self.evicted.inc();
     }
 
     /// A new connection closed at once: every open one was busy.
     pub fn refused(&self) {
-        bump(&self.refused);
+        self.refused.inc();
     }
 
     pub fn scrape(&self) {
-        bump(&self.scrapes);
-    }
-
-    pub fn write(&self, out: &mut Exposition, device_config_ok: bool) {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
-        out.family(
-            "jetkvm_exporter_build_info",
-            "Version and target of this exporter; always 1.",
-            Kind::Gauge,
-        )
-        .sample(&[("version", env!("CARGO_PKG_VERSION")), ("target", crate::TARGET)], 1.0);
-        let mut f = out.family(
-            "jetkvm_exporter_auth_failures_total",
-            "Requests for metrics refused, by reason.",
-            Kind::Counter,
-        );
-        for r in Reason::ALL {
-            f.sample(&[("reason", r.label())], get(&self.auth_failures[r as usize]));
-        }
-        let mut f = out.family(
-            "jetkvm_exporter_auth_successes_total",
-            "Requests for metrics allowed, by method.",
-            Kind::Counter,
-        );
-        for m in Method::ALL {
-            f.sample(&[("method", m.label())], get(&self.auth_successes[m as usize]));
-        }
-        out.single(
-            "jetkvm_exporter_device_config_load_success",
-            "Whether the device's auth state (kvm_config.json) was last read successfully.",
-            Kind::Gauge,
-            if device_config_ok { 1.0 } else { 0.0 },
-        );
-        let mut f = out.family(
-            "jetkvm_exporter_http_errors_total",
-            "Connections ended for malformed, oversized or stalled requests, or I/O errors.",
-            Kind::Counter,
-        );
-        for e in HttpError::ALL {
-            f.sample(&[("reason", e.label())], get(&self.http_errors[e as usize]));
-        }
-        out.single(
-            "jetkvm_exporter_http_bad_requests_total",
-            "Requests answered 4xx before authentication (method not allowed).",
-            Kind::Counter,
-            get(&self.bad_requests),
-        );
-        out.single(
-            "jetkvm_exporter_connections_evicted_total",
-            "Idle connections closed to make room under the connection limit.",
-            Kind::Counter,
-            get(&self.evicted),
-        );
-        out.single(
-            "jetkvm_exporter_connections_refused_total",
-            "New connections closed at once because every open connection was busy.",
-            Kind::Counter,
-            get(&self.refused),
-        );
-        out.single(
-            "jetkvm_exporter_scrapes_total",
-            "Scrapes served, this one included.",
-            Kind::Counter,
-            get(&self.scrapes),
-        );
+        self.scrapes.inc();
     }
 }

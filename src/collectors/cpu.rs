@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::{parse_error, read, under, user_hz, Collector, Result};
-use crate::exposition::{Exposition, Kind};
+use crate::metrics::{Families, Kind};
 
 /// Column order of the `cpu` line (guest time is already counted in user).
 const MODES: [&str; 8] = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"];
@@ -23,7 +23,7 @@ impl Collector for Cpu {
         "cpu"
     }
 
-    fn update(&self, out: &mut Exposition) -> Result<()> {
+    fn update(&self, out: &mut Families) -> Result<()> {
         let path = under(&self.procfs, "stat");
         let ticks = parse(&read(&path)?).ok_or_else(|| parse_error(&path, "malformed cpu line"))?;
         let hz = user_hz();

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::{read, Collector, Error, Result};
-use crate::exposition::{Exposition, Kind};
+use crate::metrics::{Families, Kind};
 
 pub struct Device {
     version_file: PathBuf,
@@ -21,7 +21,7 @@ impl Collector for Device {
         "device"
     }
 
-    fn update(&self, out: &mut Exposition) -> Result<()> {
+    fn update(&self, out: &mut Families) -> Result<()> {
         let text = read(&self.version_file)?;
         let version = text.lines().next().unwrap_or("").trim();
         // Bound what goes into a label: the file is not ours.

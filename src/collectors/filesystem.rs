@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use nix::sys::statvfs::statvfs;
 
 use super::{Collector, Error, Result};
-use crate::exposition::{Exposition, Kind};
+use crate::metrics::{Families, Kind};
 
 pub struct Filesystem {
     mountpoints: Vec<PathBuf>,
@@ -30,7 +30,7 @@ impl Collector for Filesystem {
         "filesystem"
     }
 
-    fn update(&self, out: &mut Exposition) -> Result<()> {
+    fn update(&self, out: &mut Families) -> Result<()> {
         let mut stats = Vec::with_capacity(self.mountpoints.len());
         for m in &self.mountpoints {
             let label = m.to_string_lossy().into_owned();

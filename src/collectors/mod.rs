@@ -1,17 +1,24 @@
 //! Collectors: each reads one source of device state when a scrape arrives
-//! and writes its metric families. The runner times every collector and
-//! reports `jetkvm_scrape_collector_{success,duration_seconds}`; a failing
-//! collector never fails the scrape. Nothing here runs on a timer.
+//! and hands its metric families to the `prometheus` registry, which runs
+//! them on `gather`. Each is timed and reported in
+//! `jetkvm_scrape_collector_{success,duration_seconds}`; a failing collector
+//! never fails the scrape. Nothing here runs on a timer.
 //!
-//! Readers open files under the configured `proc_root`/`sys_root`, parsers
-//! are pure functions on text so they are tested on inline input.
+//! What sysinfo provides (uptime, boot time, load, memory, network counters,
+//! the daemon's own process) comes through it, from the live kernel. The
+//! rest is read here under the configured `proc_root`/`sys_root`, by parsers
+//! that are pure functions on text, tested on inline input and fixtures.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use prometheus::core::Desc;
+use prometheus::proto::MetricFamily;
+
 use crate::config::Config;
-use crate::exposition::{Exposition, Kind};
+use crate::metrics::{Families, Kind};
 
 mod cpu;
 mod device;
@@ -29,12 +36,8 @@ mod usb_gadget;
 /// The pure parsers of procfs and sysfs text, for fuzzing and tests.
 pub mod parsers {
     pub use super::cpu::parse as cpu_stat;
-    pub use super::loadavg::parse as loadavg;
-    pub use super::meminfo::field_bytes as meminfo_field;
-    pub use super::netdev::parse as net_dev;
     pub use super::tcp::parse_sockets as net_tcp;
     pub use super::thermal::parse_millidegrees as thermal_millidegrees;
-    pub use super::time::{parse_btime as btime, parse_uptime as uptime};
 }
 
 /// Why a collector produced nothing.
@@ -61,84 +64,85 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub trait Collector: Send + Sync {
     /// The `collector` label value.
     fn name(&self) -> &'static str;
-    /// Reads the source and writes complete metric families into `out`.
-    fn update(&self, out: &mut Exposition) -> Result<()>;
+    /// Reads the source and builds complete metric families into `out`.
+    fn update(&self, out: &mut Families) -> Result<()>;
 }
 
-/// All enabled collectors, in a fixed order.
-pub struct Registry {
-    collectors: Vec<Box<dyn Collector>>,
+const DURATION: &str = "jetkvm_scrape_collector_duration_seconds";
+const DURATION_HELP: &str = "Time a collector took during this scrape.";
+const SUCCESS: &str = "jetkvm_scrape_collector_success";
+const SUCCESS_HELP: &str =
+    "Whether a collector succeeded during this scrape (1) or could not read its source (0).";
+
+/// A collector as the `prometheus` registry sees it: each scrape runs it
+/// once, times it, and adds its success and duration samples (the registry
+/// merges those of every collector into one family each).
+struct Timed {
+    inner: Box<dyn Collector>,
+    descs: [Desc; 2],
 }
 
-impl Registry {
-    pub fn from_config(config: &Config) -> Self {
-        let procfs = config.proc_root.clone();
-        let sysfs = config.sys_root.clone();
-        let collectors: Vec<Box<dyn Collector>> = vec![
-            Box::new(time::Time::new(procfs.clone())),
-            Box::new(loadavg::LoadAvg::new(procfs.clone())),
-            Box::new(cpu::Cpu::new(procfs.clone())),
-            Box::new(meminfo::MemInfo::new(procfs.clone())),
-            Box::new(tcp::Tcp::new(procfs.clone(), config.connection_ports.clone())),
-            Box::new(netdev::NetDev::new(procfs)),
-            Box::new(filesystem::Filesystem::new(config.filesystems.clone())),
-            Box::new(thermal::Thermal::new(sysfs.clone())),
-            Box::new(usb_gadget::UsbGadget::new(sysfs)),
-            Box::new(device::Device::new(config.version_file.clone())),
-        ];
-        Registry { collectors }
+impl Timed {
+    fn new(inner: Box<dyn Collector>) -> prometheus::Result<Timed> {
+        let desc = |name: &str, help: &str| {
+            let labels = HashMap::from([("collector".to_owned(), inner.name().to_owned())]);
+            Desc::new(name.to_owned(), help.to_owned(), Vec::new(), labels)
+        };
+        Ok(Timed { descs: [desc(DURATION, DURATION_HELP)?, desc(SUCCESS, SUCCESS_HELP)?], inner })
+    }
+}
+
+impl prometheus::core::Collector for Timed {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
     }
 
-    /// Runs every collector once and appends their families, followed by
-    /// the per-collector success and duration families.
-    pub fn gather(&self, out: &mut Exposition) {
-        let mut results = Vec::with_capacity(self.collectors.len());
-        for c in &self.collectors {
-            let start = Instant::now();
-            // A collector writes into its own buffer so a failure half-way
-            // leaves no partial family behind.
-            let mut part = Exposition::new();
-            let ok = match c.update(&mut part) {
-                Ok(()) => {
-                    out.append(part);
-                    true
-                }
-                Err(Error::NoData(msg)) => {
-                    log::debug!("collector {}: no data: {msg}", c.name());
-                    false
-                }
-                Err(Error::Failed(msg)) => {
-                    log::warn!("collector {}: {msg}", c.name());
-                    false
-                }
-            };
-            results.push((c.name(), ok, start.elapsed().as_secs_f64()));
-        }
-        let mut f = out.family(
-            "jetkvm_scrape_collector_duration_seconds",
-            "Time a collector took during this scrape.",
-            Kind::Gauge,
-        );
-        for (name, _, secs) in &results {
-            f.sample(&[("collector", name)], *secs);
-        }
-        let mut f = out.family(
-            "jetkvm_scrape_collector_success",
-            "Whether a collector succeeded during this scrape (1) or could not read its source (0).",
-            Kind::Gauge,
-        );
-        for (name, ok, _) in &results {
-            f.sample(&[("collector", name)], if *ok { 1.0 } else { 0.0 });
-        }
+    fn collect(&self) -> Vec<MetricFamily> {
+        let name = self.inner.name();
+        let start = Instant::now();
+        // A collector builds into its own families so a failure half-way
+        // hands over nothing partial.
+        let mut part = Families::new();
+        let ok = match self.inner.update(&mut part) {
+            Ok(()) => true,
+            Err(Error::NoData(msg)) => {
+                log::debug!("collector {name}: no data: {msg}");
+                false
+            }
+            Err(Error::Failed(msg)) => {
+                log::warn!("collector {name}: {msg}");
+                false
+            }
+        };
+        let mut out = if ok { part } else { Families::new() };
+        out.family(DURATION, DURATION_HELP, Kind::Gauge)
+            .sample(&[("collector", name)], start.elapsed().as_secs_f64());
+        out.family(SUCCESS, SUCCESS_HELP, Kind::Gauge)
+            .sample(&[("collector", name)], if ok { 1.0 } else { 0.0 });
+        out.into_vec()
     }
+}
 
-    /// The process collector is not a device collector: it always reads the
-    /// daemon's own `/proc/self`, whatever `proc_root` says.
-    pub fn gather_process(out: &mut Exposition) {
-        if let Err(e) = process::update(Path::new("/proc/self"), out) {
-            log::debug!("process metrics: {e}");
-        }
+/// Registers every enabled collector in `registry`, in a fixed order.
+pub fn register(config: &Config, registry: &prometheus::Registry) -> prometheus::Result<()> {
+    let procfs = config.proc_root.clone();
+    let sysfs = config.sys_root.clone();
+    let collectors: Vec<Box<dyn Collector>> = vec![
+        Box::new(time::Time),
+        Box::new(loadavg::LoadAvg),
+        Box::new(cpu::Cpu::new(procfs.clone())),
+        Box::new(meminfo::MemInfo::new().map_err(prometheus::Error::Msg)?),
+        Box::new(tcp::Tcp::new(procfs, config.connection_ports.clone())),
+        Box::new(netdev::NetDev::new().map_err(prometheus::Error::Msg)?),
+        Box::new(filesystem::Filesystem::new(config.filesystems.clone())),
+        Box::new(thermal::Thermal::new(sysfs.clone())),
+        Box::new(usb_gadget::UsbGadget::new(sysfs)),
+        Box::new(device::Device::new(config.version_file.clone())),
+    ];
+    for c in collectors {
+        registry.register(Box::new(Timed::new(c)?))?;
     }
+    registry.register(Box::new(process::Process::new().map_err(prometheus::Error::Msg)?))
 }
 
 /// Reads a whole file, mapping "not there" to [`Error::NoData`].

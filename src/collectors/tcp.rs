@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::{parse_error, read, under, Collector, Error, Result};
-use crate::exposition::{Exposition, Kind};
+use crate::metrics::{Families, Kind};
 
 /// Kernel TCP states, indexed by their `st` code minus one.
 pub const STATES: [&str; 11] = [
@@ -39,7 +39,7 @@ impl Collector for Tcp {
         "tcp"
     }
 
-    fn update(&self, out: &mut Exposition) -> Result<()> {
+    fn update(&self, out: &mut Families) -> Result<()> {
         let sockets = if self.ports.is_empty() {
             Vec::new()
         } else if self.procfs == std::path::Path::new("/proc") {
@@ -87,7 +87,7 @@ impl Tcp {
         Ok(all)
     }
 
-    fn write(&self, counts: &[[u64; STATES.len()]], out: &mut Exposition) {
+    fn write(&self, counts: &[[u64; STATES.len()]], out: &mut Families) {
         let mut f = out.family(
             "jetkvm_connections",
             "TCP sockets whose local port is one of the device's services, by state.",

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::{io_error, parse_error, read, Collector, Error, Result};
-use crate::exposition::{Exposition, Kind};
+use crate::metrics::{Families, Kind};
 
 pub struct Thermal {
     dir: PathBuf,
@@ -20,7 +20,7 @@ impl Collector for Thermal {
         "thermal_zone"
     }
 
-    fn update(&self, out: &mut Exposition) -> Result<()> {
+    fn update(&self, out: &mut Families) -> Result<()> {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, e))?;
         let mut zones = Vec::new();
         for entry in entries.flatten() {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::{io_error, read, Collector, Error, Result};
-use crate::exposition::{Exposition, Kind};
+use crate::metrics::{Families, Kind};
 
 /// The USB device states the kernel reports (`usb_state_string`), so each
 /// one has a stable series that is 0 when not current.
@@ -35,7 +35,7 @@ impl Collector for UsbGadget {
         "usb_gadget"
     }
 
-    fn update(&self, out: &mut Exposition) -> Result<()> {
+    fn update(&self, out: &mut Families) -> Result<()> {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, e))?;
         let mut udcs = Vec::new();
         for entry in entries.flatten() {

@@ -22,7 +22,7 @@ fn metrics_are_text_format_and_gzip_when_accepted() {
         ],
     );
     assert_eq!(zipped.header("content-encoding"), Some("gzip"));
-    assert!(zipped.text().contains("jetkvm_exporter_build_info{version=\""));
+    assert!(zipped.text().contains("jetkvm_exporter_build_info{target=\""));
     let r = d.get("/metrics", &[("Accept-Encoding", "gzip;q=0, identity")]);
     assert_eq!(r.header("content-encoding"), None);
 }
