@@ -60,7 +60,7 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time a write may make no progress before the connection is dropped.
     pub write_timeout: Duration,
-    /// Largest request head accepted (hyper's read buffer; at least 8192).
+    /// Largest request head accepted, request line and headers (at least 8192).
     pub max_header_bytes: usize,
     /// Most header fields accepted in one request.
     pub max_headers: usize,

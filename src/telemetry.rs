@@ -5,7 +5,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, Result}
 
 use crate::auth::{Method, Reason};
 
-/// Connection-level problems hyper or our limits ended a connection for.
+/// Connection-level problems actix or our limits ended a connection for.
 #[derive(Clone, Copy, Debug)]
 pub enum HttpError {
     /// Malformed request line or headers.

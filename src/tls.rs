@@ -17,6 +17,7 @@
 //! until they are good again: an operator who empties the CA file revokes
 //! every client. Either failure is logged and exposed.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,9 +32,29 @@ use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509Name, X509};
 
-use crate::auth::client_cert;
+use crate::auth::{client_cert, Reason};
 use crate::config::{io_reason, MetricsService};
 use crate::watch::Stamp;
+
+thread_local! {
+    /// Why the last client certificate was refused on this thread. The
+    /// handshake that fails does so in the same poll in which the callback
+    /// ran, and the listener takes the reason right then.
+    static REJECTED: Cell<Option<Reason>> = const { Cell::new(None) };
+}
+
+fn reject(reason: Reason) {
+    REJECTED.with(|r| {
+        if r.get().is_none() {
+            r.set(Some(reason));
+        }
+    });
+}
+
+/// The reason the verify callback recorded, if any, and clears it.
+pub fn take_rejection() -> Option<Reason> {
+    REJECTED.with(Cell::take)
+}
 
 /// A failed rebuild is retried at most this often while files keep
 /// looking new.
@@ -41,9 +62,9 @@ const RETRY_FAILED: Duration = Duration::from_secs(1);
 
 /// Everything one build produced.
 pub struct Built {
-    /// The context a connection starts with (the first keypair); SNI may
-    /// switch it.
-    pub context: SslContext,
+    /// What a connection's handshake starts with (the first keypair); SNI
+    /// may switch its context.
+    pub acceptor: SslAcceptor,
     /// `(cert_file, not_after as Unix seconds)` for each keypair.
     pub not_after: Vec<(PathBuf, i64)>,
 }
@@ -221,7 +242,7 @@ fn context(
     key: &PKey<Private>,
     cas: &[X509],
     sni: Option<Vec<(Vec<String>, SslContext)>>,
-) -> Result<SslContext, openssl::error::ErrorStack> {
+) -> Result<SslAcceptor, openssl::error::ErrorStack> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     b.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE);
@@ -249,7 +270,22 @@ fn context(
         }
         b.set_verify_cert_store(store.build())?;
         b.set_client_ca_list(names);
-        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        let allowed = c.client_allowed_sans.clone();
+        b.set_verify_callback(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT, move |ok, ctx| {
+            if !ok {
+                reject(Reason::ClientCertInvalid);
+                return false;
+            }
+            if ctx.error_depth() == 0 {
+                if let Some(cert) = ctx.current_cert() {
+                    if !client_cert::allowed(cert, &allowed) {
+                        reject(Reason::ClientCertNotAllowed);
+                        return false;
+                    }
+                }
+            }
+            true
+        });
     }
     if let Some(by_name) = sni {
         b.set_servername_callback(move |ssl, _alert| {
@@ -263,7 +299,7 @@ fn context(
             Ok(())
         });
     }
-    Ok(b.build().into_context())
+    Ok(b.build())
 }
 
 /// Every CA in `ca_certs`; an error if any file is missing, unreadable,
@@ -303,14 +339,14 @@ fn build(c: &MetricsService, pairs: &[Pair], cas: &[X509]) -> Result<Built, Stri
     // is the default and holds the SNI callback.
     let mut by_name = Vec::new();
     for p in pairs.iter().skip(1) {
-        let ctx = context(c, &p.chain, &p.key, cas, None).map_err(|e| err(p, e))?;
+        let ctx = context(c, &p.chain, &p.key, cas, None).map_err(|e| err(p, e))?.into_context();
         by_name.push((dns_names(&p.chain[0]), ctx));
     }
     let first = pairs.first().ok_or("key \"metrics_service.keypairs\": no keypair")?;
     let sni = (!by_name.is_empty()).then_some(by_name);
-    let context = context(c, &first.chain, &first.key, cas, sni).map_err(|e| err(first, e))?;
+    let acceptor = context(c, &first.chain, &first.key, cas, sni).map_err(|e| err(first, e))?;
     let not_after = pairs.iter().map(|p| (p.cert_file.clone(), unix_time(p.chain[0].not_after()))).collect();
-    Ok(Built { context, not_after })
+    Ok(Built { acceptor, not_after })
 }
 
 #[cfg(test)]

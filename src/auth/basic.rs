@@ -7,19 +7,17 @@
 //! address that sent them: the plaintext is never kept, a password change
 //! makes old entries useless, and what one client proved is no shortcut for
 //! another. Plaintext buffers are wiped when dropped (`crypto::Secret`).
-//! bcrypt runs on the blocking pool behind a semaphore with a bounded
-//! queue: requests whose credential is remembered never wait for it.
+//! bcrypt runs on threads of its own (`Workers`) behind a bounded queue:
+//! requests whose credential is remembered never wait for it.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use base64::Engine;
-use hyper::header::{HeaderMap, AUTHORIZATION};
-use tokio::sync::Semaphore;
 
-use super::Malformed;
+use super::{visible_ascii, Malformed};
 use crate::crypto::{ct_eq, Mac, Secret};
 
 /// bcrypt looks at 72 bytes at most; longer passwords are refused rather
@@ -37,15 +35,15 @@ pub enum Authorization {
     Other,
 }
 
-/// Parses the request's `Authorization`. `Ok(None)` when absent, `Err` when
-/// malformed (repeated header, bad base64, no colon, non-ASCII).
-pub fn parse(headers: &HeaderMap) -> Result<Option<Authorization>, Malformed> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let Some(value) = values.next() else { return Ok(None) };
-    if values.next().is_some() {
-        return Err(Malformed);
-    }
-    let value = value.to_str().map_err(|_| Malformed)?;
+/// Parses the request's `Authorization` header values. `Ok(None)` when
+/// absent, `Err` when malformed (repeated header, bad base64, no colon,
+/// non-ASCII).
+pub fn parse(values: &[&[u8]]) -> Result<Option<Authorization>, Malformed> {
+    let value = match values {
+        [] => return Ok(None),
+        [one] => visible_ascii(one)?,
+        _ => return Err(Malformed),
+    };
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
@@ -108,7 +106,7 @@ pub struct PasswordVerifier {
     mac: std::sync::OnceLock<Mac>,
     remembered: Mutex<Remembered>,
     capacity: usize,
-    permits: Arc<Semaphore>,
+    workers: Workers,
     /// Verifications running or waiting.
     in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
@@ -124,7 +122,7 @@ impl PasswordVerifier {
                 wrong: VecDeque::new(),
             }),
             capacity,
-            permits: Arc::new(Semaphore::new(concurrency)),
+            workers: Workers { count: concurrency, queue: OnceLock::new() },
             in_flight: Arc::new(AtomicUsize::new(0)),
             max_in_flight: concurrency + queue,
         }
@@ -194,24 +192,28 @@ impl PasswordVerifier {
         let Some(slot) = Slot::take(&self.in_flight, self.max_in_flight) else {
             return Verdict::Busy;
         };
-        let Ok(permit) = self.permits.clone().acquire_owned().await else {
-            return Verdict::Busy;
-        };
         let (hash_mac, cred) = self.macs(hash, client, password);
         let owned_hash = hash.to_owned();
         let password = Secret::from_slice(password);
-        // The slot and the permit go with the work: a request dropped while
-        // bcrypt runs does not free either before the CPU is free.
-        let job = tokio::task::spawn_blocking(move || {
-            let _held = (slot, permit);
-            lower_priority();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // The slot goes with the work: a request dropped while bcrypt runs
+        // does not free it before the CPU is free.
+        let job: Job = Box::new(move || {
+            let _slot = slot;
+            // Whoever asked has gone away while this waited: no answer needed.
+            if tx.is_closed() {
+                return;
+            }
             // Lengths over 72 were refused by the caller; at 72 and below
             // this matches Go's bcrypt (the device's), which appends a NUL
             // that the key schedule never reaches. A malformed hash
             // verifies nothing.
-            bcrypt::verify(password.as_bytes(), &owned_hash).unwrap_or(false)
+            let _ = tx.send(bcrypt::verify(password.as_bytes(), &owned_hash).unwrap_or(false));
         });
-        match job.await {
+        if !self.workers.send(job) {
+            return Verdict::Busy;
+        }
+        match rx.await {
             Ok(ok) => {
                 self.remember(&hash_mac, cred, ok);
                 if ok {
@@ -225,6 +227,51 @@ impl PasswordVerifier {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// bcrypt's own threads, started on first use, at a lower CPU priority (nice
+/// 10, which Linux applies per thread): on a single core a flood of
+/// passwords to check yields to scrapes. Not the runtime's blocking pool,
+/// whose threads also compress responses and must not inherit that.
+struct Workers {
+    count: usize,
+    queue: OnceLock<mpsc::Sender<Job>>,
+}
+
+/// Stack of a bcrypt thread: the cipher state is 4 KiB.
+const WORKER_STACK: usize = 128 * 1024;
+
+impl Workers {
+    /// `false` if no thread could take it.
+    fn send(&self, job: Job) -> bool {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..self.count {
+                let rx = rx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("bcrypt".into())
+                    .stack_size(WORKER_STACK)
+                    .spawn(move || {
+                        lower_priority();
+                        loop {
+                            let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                            match job {
+                                Ok(job) => job(),
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                if let Err(e) = spawned {
+                    log::error!("cannot start a bcrypt thread: {e}");
+                }
+            }
+            tx
+        });
+        queue.send(job).is_ok()
+    }
+}
+
 /// The address a credential is bound to: IPv4-mapped IPv6 as IPv4.
 fn client_bytes(ip: IpAddr) -> [u8; 16] {
     match ip {
@@ -233,35 +280,21 @@ fn client_bytes(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-/// bcrypt threads run at a lower CPU priority (nice 10), so that on a
-/// single core a flood of passwords to check yields to scrapes whose
-/// credentials are already verified. Linux applies nice per thread.
 fn lower_priority() {
-    thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-    DONE.with(|done| {
-        if !done.get() {
-            // SAFETY: gettid and setpriority take plain integers.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-            }
-            done.set(true);
-        }
-    });
+    // SAFETY: gettid and setpriority take plain integers.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
     use std::time::Duration;
 
-    fn with(values: &[&[u8]]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
-        }
-        h
+    fn with<'a>(values: &[&'a [u8]]) -> Vec<&'a [u8]> {
+        values.to_vec()
     }
 
     fn basic(p: &[u8]) -> Option<Authorization> {
@@ -279,7 +312,7 @@ mod tests {
             Ok(Some(Authorization::Bearer(Secret::from_slice(b"abc"))))
         );
         assert_eq!(parse(&with(&[b"Digest x"])), Ok(Some(Authorization::Other)));
-        assert_eq!(parse(&HeaderMap::new()), Ok(None));
+        assert_eq!(parse(&[]), Ok(None));
     }
 
     #[test]
@@ -364,13 +397,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_dropped_while_waiting_gives_its_place_back_at_once() {
+    async fn a_request_dropped_while_waiting_gives_its_place_back() {
         let v = Arc::new(PasswordVerifier::new(1, 1, 4));
         let h = bcrypt::hash("x", 10).unwrap();
         let first = running(&v, &h).await;
         let waiting = tokio::time::timeout(Duration::from_millis(5), v.verify(&h, CLIENT, b"b")).await;
         assert!(waiting.is_err());
-        assert_eq!(v.in_flight.load(Ordering::Acquire), 1);
         assert_eq!(first.await.unwrap(), Verdict::Wrong);
+        // The dropped one is skipped when its turn comes, and its place freed.
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while v.in_flight.load(Ordering::Acquire) != 0 {
+            assert!(std::time::Instant::now() < end, "place never given back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

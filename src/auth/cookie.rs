@@ -1,19 +1,18 @@
 //! The device's browser session: the `authToken` cookie, compared with the
 //! device's `local_auth_token`.
 
-use hyper::header::{HeaderMap, COOKIE};
-
-use super::Malformed;
+use super::{visible_ascii, Malformed};
 use crate::crypto::ct_eq;
 
 pub const NAME: &str = "authToken";
 
-/// Every `authToken` value the request carries (a browser may send two with
-/// different paths). `Err` if a Cookie header is not visible ASCII.
-pub fn session_tokens(headers: &HeaderMap) -> Result<Vec<&str>, Malformed> {
+/// Every `authToken` value in the request's `Cookie` header values (a
+/// browser may send two with different paths). `Err` if a value is not
+/// visible ASCII.
+pub fn session_tokens<'a>(values: &[&'a [u8]]) -> Result<Vec<&'a str>, Malformed> {
     let mut out = Vec::new();
-    for value in headers.get_all(COOKIE) {
-        let value = value.to_str().map_err(|_| Malformed)?;
+    for value in values {
+        let value = visible_ascii(value)?;
         for pair in value.split(';') {
             let Some((name, v)) = pair.trim().split_once('=') else { continue };
             if name.trim() == NAME {
@@ -39,22 +38,13 @@ pub fn matches(presented: &[&str], device_token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
-
-    fn headers(values: &[&[u8]]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(COOKIE, HeaderValue::from_bytes(v).unwrap());
-        }
-        h
-    }
 
     #[test]
     fn finds_tokens() {
-        let h = headers(&[b"a=1; authToken=abc ; b=2", b"authToken=\"def\""]);
+        let h: [&[u8]; 2] = [b"a=1; authToken=abc ; b=2", b"authToken=\"def\""];
         assert_eq!(session_tokens(&h).unwrap(), vec!["abc", "def"]);
-        assert_eq!(session_tokens(&headers(&[b"authtoken=abc; x"])).unwrap(), Vec::<&str>::new());
-        assert!(session_tokens(&headers(&[b"authToken=\xff"])).is_err());
+        assert_eq!(session_tokens(&[b"authtoken=abc; x"]).unwrap(), Vec::<&str>::new());
+        assert!(session_tokens(&[b"authToken=\xff"]).is_err());
     }
 
     #[test]

@@ -31,8 +31,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::header::HeaderMap;
-
 use crate::config::Config;
 use crate::device::{AuthMode, DeviceState};
 use basic::{Authorization, PasswordVerifier, Verdict};
@@ -159,9 +157,23 @@ pub enum Outcome {
     Limited(Duration),
 }
 
-/// What the listener knows about a request.
+/// A header value as HTTP allows it and `to_str` would accept: visible
+/// ASCII and tabs.
+fn visible_ascii(v: &[u8]) -> Result<&str, Malformed> {
+    if v.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b)) {
+        std::str::from_utf8(v).map_err(|_| Malformed)
+    } else {
+        Err(Malformed)
+    }
+}
+
+/// What the listener knows about a request, in plain values: this module
+/// does not know the web framework.
 pub struct Request<'a> {
-    pub headers: &'a HeaderMap,
+    /// Every `Authorization` header value, in order.
+    pub authorization: &'a [&'a [u8]],
+    /// Every `Cookie` header value, in order.
+    pub cookies: &'a [&'a [u8]],
     pub peer: IpAddr,
     /// The identity of a client certificate the mTLS handshake verified.
     pub client_cert: Option<&'a str>,
@@ -218,7 +230,7 @@ impl Authenticator {
             return Outcome::Allow(Method::ClientCert);
         }
         let ticket = self.limiter.take(req.peer);
-        match self.credentials(req.headers, req.peer, ticket.within).await {
+        match self.credentials(req, ticket.within).await {
             allowed @ Outcome::Allow(_) => {
                 self.limiter.allowed(&ticket);
                 allowed
@@ -230,8 +242,8 @@ impl Authenticator {
 
     /// `within`: whether the client has failure budget left, which a
     /// password not yet proved from this client needs.
-    async fn credentials(&self, headers: &HeaderMap, peer: IpAddr, within: bool) -> Outcome {
-        let authorization = basic::parse(headers);
+    async fn credentials(&self, req: &Request<'_>, within: bool) -> Outcome {
+        let authorization = basic::parse(req.authorization);
         // The token first: it does not depend on the device's state.
         let presented = match &authorization {
             Ok(Some(Authorization::Bearer(t))) => Some(t.as_bytes()),
@@ -259,7 +271,7 @@ impl Authenticator {
         let Ok(authorization) = authorization else {
             return Outcome::Deny(Reason::MalformedAuthorization);
         };
-        let Ok(cookies) = cookie::session_tokens(headers) else {
+        let Ok(cookies) = cookie::session_tokens(req.cookies) else {
             return Outcome::Deny(Reason::MalformedCookie);
         };
         if let Some(session) = &device.session_token {
@@ -275,7 +287,7 @@ impl Authenticator {
                 let Some(hash) = &device.hashed_password else {
                     return Outcome::Deny(Reason::BadPassword);
                 };
-                self.password(hash, peer, password.as_bytes(), within).await
+                self.password(hash, req.peer, password.as_bytes(), within).await
             }
             Some(Authorization::Bearer(_)) => Outcome::Deny(token_refusal.unwrap_or(Reason::BadToken)),
             Some(Authorization::Other) => Outcome::Deny(Reason::UnsupportedScheme),

@@ -147,3 +147,52 @@ fn sigterm_and_sigint_stop_gracefully() {
         assert!(log.contains("stopped"), "{log}");
     }
 }
+
+/// Requests whose framing two parsers could read differently are refused,
+/// never forwarded to a handler.
+#[test]
+fn request_smuggling_attempts_answer_400() {
+    let d = Daemon::start("", Some(&no_password_mode()));
+    for req in [
+        &b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
+    ] {
+        let r = raw(d.addr, req);
+        assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(req));
+    }
+    assert!(d.sample("jetkvm_exporter_http_errors_total{reason=\"parse\"}", &[]) >= 4.0);
+}
+
+/// A client that stops reading its responses holds its connection no
+/// longer than the write timeout once its socket buffers are full.
+#[test]
+fn a_client_that_stops_reading_is_dropped() {
+    let d = Daemon::start(
+        "[limits]\nwrite_timeout = \"1s\"\nheader_timeout = \"60s\"\n",
+        Some(&no_password_mode()),
+    );
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    // Many pipelined scrapes, far more than the socket buffers hold.
+    let one = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(&one.repeat(2000)).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(closed_within(&mut s, Duration::from_secs(10)), "a stalled reader kept its connection");
+    assert!(d.sample("jetkvm_exporter_http_errors_total{reason=\"timeout\"}", &[]) >= 1.0);
+}
+
+/// SIGTERM while a scrape is being answered: the scrape completes.
+#[test]
+fn sigterm_lets_a_scrape_in_flight_finish() {
+    // Cost 12: the first check of the password takes a while.
+    let mut d = Daemon::start("", Some(&password_mode(&hash("pw", bcrypt::Version::TwoA, 12), "")));
+    let addr = d.addr;
+    let scrape =
+        std::thread::spawn(move || get(addr, "/metrics", &[("Authorization", &basic("a", "pw"))]).status);
+    std::thread::sleep(Duration::from_millis(50));
+    d.signal("TERM");
+    assert_eq!(scrape.join().unwrap(), 200, "the scrape in flight was cut off");
+    let status = d.wait_exit(Duration::from_secs(10)).expect("still running");
+    assert!(status.success());
+}

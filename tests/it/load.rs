@@ -74,13 +74,22 @@ fn ten_thousand_idle_connections_do_not_lock_out_a_scrape() {
     let mut idle = Vec::with_capacity(10_000);
     for i in 0..10_000 {
         match TcpStream::connect(d.addr) {
-            Ok(s) => idle.push(s),
+            // Half idle, half a slow request head that never ends.
+            Ok(mut s) => {
+                if i % 2 == 1 {
+                    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+                }
+                idle.push(s)
+            }
             Err(e) => panic!("connection {i}: {e}"),
         }
     }
-    // Every one of them connected; a scrape on a new connection still works.
+    // Every one of them connected; a scrape on a new connection still gets
+    // its answer within Prometheus' default scrape timeout.
+    let asked = std::time::Instant::now();
     let r = d.get("/metrics", &[]);
     assert_eq!(r.status, 200);
+    assert!(asked.elapsed() < Duration::from_secs(10), "answered after {:?}", asked.elapsed());
     let evicted = sample(&r.text(), "jetkvm_exporter_connections_evicted_total").unwrap();
     assert!(evicted >= 9_000.0, "evicted {evicted}");
     drop(idle);

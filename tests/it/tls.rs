@@ -335,6 +335,35 @@ fn mtls_sessions_are_never_resumed() {
     }
 }
 
+/// Connections still in their TLS handshake count against the cap (the
+/// oldest is closed for a new one) and have the header timeout to finish.
+#[test]
+fn tls_handshakes_count_against_the_cap_and_have_a_deadline() {
+    let c = certs();
+    let d = start(&no_password_mode(), |dir| {
+        write_certs(dir, &c);
+        service(dir, false, "") + "[limits]\nmax_connections = 4\nheader_timeout = \"2s\"\n"
+    });
+    let addr = d.metrics_addr.unwrap();
+    // Connections that never send a ClientHello.
+    let mut stuck: Vec<std::net::TcpStream> =
+        (0..10).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = TlsClient::new(&c.ca.cert_pem()).get(addr, "/metrics", &[]).unwrap();
+    assert_eq!(r.resp.status, 200);
+    assert!(sample(&r.resp.text(), "jetkvm_exporter_connections_evicted_total").unwrap() >= 6.0);
+    // The last four, never evicted, are closed by the handshake deadline.
+    let started = std::time::Instant::now();
+    for s in stuck.iter_mut().rev().take(4) {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(matches!(std::io::Read::read(s, &mut buf), Ok(0) | Err(_)));
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "handshakes held for {:?}", started.elapsed());
+    let t = TlsClient::new(&c.ca.cert_pem()).get(addr, "/metrics", &[]).unwrap().resp.text();
+    assert!(sample(&t, "jetkvm_exporter_http_errors_total{reason=\"timeout\"}").unwrap() >= 1.0, "{t}");
+}
+
 /// Runs check-config and serve on a metrics_service section; both must
 /// fail naming `needle`.
 fn rejected(dir: &TempDir, general: &str, section: &str, needle: &str) {

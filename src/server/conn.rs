@@ -1,0 +1,535 @@
+//! A connection from accept to close, around actix's HTTP/1 dispatcher:
+//! the per-listener connection cap that evicts the oldest idle connection,
+//! the TLS handshake (a new context per connection, so rotated files apply
+//! at once), and the deadlines actix does not keep: a request head must
+//! arrive within `header_timeout` of the connection going idle (actix times
+//! only the first request), and a write may stall at most `write_timeout`
+//! (actix has no write timeout).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_http::{HttpService, KeepAlive};
+use actix_server::{GracefulShutdownSignal, ServerBuilder};
+use actix_service::{fn_factory, fn_service, map_config, Service, ServiceFactory};
+use actix_tls::accept::openssl::{Acceptor, TlsStream};
+use actix_tls::accept::TlsError;
+use actix_web::dev::{AppConfig, Extensions};
+use actix_web::rt::net::{ActixStream, Ready, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+use super::{routes, Listener, State};
+use crate::auth::{client_cert, Reason};
+use crate::telemetry::{HttpError, Telemetry};
+
+/// OpenSSL's reason code for "peer did not return a certificate".
+const NO_PEER_CERT: i32 = 199;
+/// Time a closing connection gets to flush its last response.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+
+/// What a request knows about its connection (actix connection data).
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The identity of a client certificate the mTLS handshake verified.
+    pub client_cert: Option<String>,
+    pub slot: Arc<Slot>,
+}
+
+/// Adds `socket` to `builder`, plain or TLS as `listener` says.
+pub fn listen(
+    builder: ServerBuilder,
+    socket: std::net::TcpListener,
+    state: Arc<State>,
+    listener: Arc<Listener>,
+    graceful: GracefulShutdownSignal,
+) -> io::Result<ServerBuilder> {
+    let name = listener.role.label();
+    match listener.tls.clone() {
+        None => {
+            builder.listen(name, socket, move || plain(state.clone(), listener.clone(), graceful.clone()))
+        }
+        Some(tls) => builder.listen(name, socket, move || {
+            secure(state.clone(), listener.clone(), graceful.clone(), tls.clone())
+        }),
+    }
+}
+
+/// actix's HTTP/1 service for one listener, over our connection type.
+fn http<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    state: &Arc<State>,
+    listener: &Arc<Listener>,
+    graceful: GracefulShutdownSignal,
+) -> impl ServiceFactory<
+    (Tagged<S>, Option<SocketAddr>),
+    Config = (),
+    Response = (),
+    Error = actix_http::error::DispatchError,
+    InitError = (),
+> {
+    let limits = &state.config.limits;
+    let app = routes::app(state.clone(), listener.clone());
+    HttpService::build()
+        // Our own deadline (`idle_deadline`) closes idle connections first.
+        .keep_alive(KeepAlive::Timeout(limits.header_timeout + Duration::from_secs(1)))
+        .client_request_timeout(Duration::ZERO)
+        .client_disconnect_timeout(DISCONNECT_GRACE)
+        // A client that shuts down its write side after the request still
+        // gets the answer.
+        .h1_allow_half_closed(true)
+        .on_connect_ext(|io: &Tagged<S>, ext: &mut Extensions| {
+            ext.insert(io.info.clone());
+        })
+        .graceful_shutdown_signal(move || {
+            let g = graceful.clone();
+            async move { g.notified().await }
+        })
+        .h1(map_config(app, |_| AppConfig::default()))
+}
+
+/// A plain HTTP listener: one service per actix worker.
+fn plain(
+    state: Arc<State>,
+    listener: Arc<Listener>,
+    graceful: GracefulShutdownSignal,
+) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()> {
+    fn_factory(move || {
+        let (state, listener, graceful) = (state.clone(), listener.clone(), graceful.clone());
+        async move {
+            let http = Rc::new(http::<Timed<TcpStream>>(&state, &listener, graceful).new_service(()).await?);
+            let tracker = Rc::new(Tracker::new(state.config.limits.max_connections));
+            Ok(fn_service(move |tcp: TcpStream| {
+                let (state, http, tracker) = (state.clone(), http.clone(), tracker.clone());
+                async move {
+                    let Some((admitted, peer, io)) = accept(&state, &tracker, tcp) else { return Ok(()) };
+                    let slot = admitted.slot.clone();
+                    let info = Rc::new(ConnInfo { peer, client_cert: None, slot: slot.clone() });
+                    watch(&state, &slot, http.call((Tagged { inner: io, info }, Some(peer)))).await;
+                    Ok(())
+                }
+            }))
+        }
+    })
+}
+
+/// A TLS or mTLS listener: the handshake first, bounded by the header
+/// timeout and counted against the cap like any connection.
+fn secure(
+    state: Arc<State>,
+    listener: Arc<Listener>,
+    graceful: GracefulShutdownSignal,
+    tls: Arc<crate::tls::Acceptor>,
+) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()> {
+    fn_factory(move || {
+        let (state, listener, graceful, tls) =
+            (state.clone(), listener.clone(), graceful.clone(), tls.clone());
+        async move {
+            let http = Rc::new(
+                http::<TlsStream<Timed<TcpStream>>>(&state, &listener, graceful).new_service(()).await?,
+            );
+            let tracker = Rc::new(Tracker::new(state.config.limits.max_connections));
+            Ok(fn_service(move |tcp: TcpStream| {
+                let (state, http, tracker, tls) = (state.clone(), http.clone(), tracker.clone(), tls.clone());
+                async move {
+                    let Some((admitted, peer, io)) = accept(&state, &tracker, tcp) else { return Ok(()) };
+                    let slot = admitted.slot.clone();
+                    let Some((stream, client_cert)) = handshake(&state, &tls, &slot, peer, io).await else {
+                        return Ok(());
+                    };
+                    let info = Rc::new(ConnInfo { peer, client_cert, slot: slot.clone() });
+                    watch(&state, &slot, http.call((Tagged { inner: stream, info }, Some(peer)))).await;
+                    Ok(())
+                }
+            }))
+        }
+    })
+}
+
+/// A slot under the cap for a new connection, or `None` (counted) if every
+/// open connection is busy.
+fn accept(
+    state: &State,
+    tracker: &Rc<Tracker>,
+    tcp: TcpStream,
+) -> Option<(Admitted, SocketAddr, Timed<TcpStream>)> {
+    let slot = tracker.admit(&state.telemetry)?;
+    let admitted = Admitted { tracker: tracker.clone(), slot };
+    let peer = tcp.peer_addr().ok()?;
+    let _ = tcp.set_nodelay(true);
+    let io = Timed::new(tcp, state.config.limits.write_timeout, admitted.slot.clone());
+    Some((admitted, peer, io))
+}
+
+/// The TLS handshake with a context built from the files of now. On the
+/// mTLS listener a certificate problem is an auth failure with its reason,
+/// and a verified certificate's identity is returned.
+async fn handshake(
+    state: &State,
+    tls: &crate::tls::Acceptor,
+    slot: &Slot,
+    peer: SocketAddr,
+    io: Timed<TcpStream>,
+) -> Option<(TlsStream<Timed<TcpStream>>, Option<String>)> {
+    let built = tls.current();
+    let mut acceptor = Acceptor::new(built.acceptor.clone());
+    acceptor.set_handshake_timeout(state.config.limits.header_timeout);
+    let service = ServiceFactory::<Timed<TcpStream>>::new_service(&acceptor, ()).await.ok()?;
+    crate::tls::take_rejection();
+    let result = tokio::select! {
+        r = service.call(io) => r,
+        () = slot.evict.notified() => {
+            state.telemetry.evicted();
+            return None;
+        }
+    };
+    match result {
+        Ok(stream) => {
+            let identity = if tls.mtls() {
+                // The handshake required and verified it; no certificate
+                // here would be an OpenSSL bug, and is refused like one.
+                Some(client_cert::identity(&*stream.ssl().peer_certificate()?))
+            } else {
+                None
+            };
+            Some((stream, identity))
+        }
+        Err(TlsError::Timeout) => {
+            state.telemetry.http_error(HttpError::Timeout);
+            None
+        }
+        Err(TlsError::Tls(e)) => {
+            // Recorded by the verify callback in this same poll.
+            let recorded = crate::tls::take_rejection();
+            let no_cert =
+                e.ssl_error().is_some_and(|s| s.errors().iter().any(|x| x.reason_code() == NO_PEER_CERT));
+            match recorded.or((tls.mtls() && no_cert).then_some(Reason::ClientCertMissing)) {
+                Some(reason) => {
+                    state.telemetry.auth_failure(reason);
+                    state.refusal_log.log(|| format!("refused TLS client {peer}: {}", reason.label()));
+                }
+                None => {
+                    state.telemetry.http_error(HttpError::TlsHandshake);
+                    log::debug!("TLS handshake with {peer}: {e}");
+                }
+            }
+            None
+        }
+        Err(TlsError::Service(never)) => match never {},
+    }
+}
+
+/// Runs the HTTP connection until it ends, its slot is taken for a new
+/// connection while idle, or it stays idle too long.
+async fn watch(
+    state: &State,
+    slot: &Slot,
+    conn: impl Future<Output = Result<(), actix_http::error::DispatchError>>,
+) {
+    let limit = state.config.limits.header_timeout;
+    tokio::pin!(conn);
+    loop {
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    state.telemetry.http_error(classify(&e));
+                    log::debug!("connection: {e}");
+                }
+                return;
+            }
+            () = slot.evict.notified() => {
+                if slot.busy.load(Ordering::Acquire) == 0 {
+                    state.telemetry.evicted();
+                    return;
+                }
+            }
+            partial = idle_deadline(slot, limit) => {
+                // Idle keep-alive ends quietly; a head begun and not
+                // finished in time is a timeout.
+                if partial {
+                    state.telemetry.http_error(HttpError::Timeout);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves once the connection has had no request in progress and no
+/// write for `limit`; says whether part of a request head had arrived.
+async fn idle_deadline(slot: &Slot, limit: Duration) -> bool {
+    loop {
+        if slot.busy.load(Ordering::Acquire) > 0 {
+            slot.changed.notified().await;
+            continue;
+        }
+        let deadline = *slot.idle_since.lock().unwrap_or_else(|p| p.into_inner()) + limit;
+        if Instant::now() >= deadline {
+            return slot.read_while_idle.load(Ordering::Acquire);
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline.into()) => {}
+            () = slot.changed.notified() => {}
+        }
+    }
+}
+
+fn classify(e: &actix_http::error::DispatchError) -> HttpError {
+    use actix_http::error::{DispatchError, ParseError};
+    match e {
+        DispatchError::Parse(ParseError::TooLarge) => HttpError::TooLarge,
+        DispatchError::Parse(_) => HttpError::Parse,
+        DispatchError::SlowRequestTimeout => HttpError::Timeout,
+        DispatchError::Io(io) if io.kind() == io::ErrorKind::TimedOut => HttpError::Timeout,
+        _ => HttpError::Io,
+    }
+}
+
+/// One open connection.
+pub struct Slot {
+    id: u64,
+    /// Requests being handled right now.
+    busy: AtomicUsize,
+    /// Since when no request has been in progress and nothing written.
+    idle_since: Mutex<Instant>,
+    /// Bytes came in since the connection went idle: a request head begun.
+    read_while_idle: AtomicBool,
+    /// Busy or idle changed.
+    changed: Notify,
+    evict: Notify,
+}
+
+impl Slot {
+    /// Marks a request in progress until the guard is dropped.
+    pub fn busy(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.read_while_idle.store(false, Ordering::Release);
+        self.changed.notify_one();
+        BusyGuard(self.clone())
+    }
+
+    fn touch(&self) {
+        *self.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+}
+
+pub struct BusyGuard(Arc<Slot>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.touch();
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// Open connections of one listener, oldest first, and the cap.
+struct Tracker {
+    max: usize,
+    next_id: AtomicU64,
+    open: Mutex<Vec<Arc<Slot>>>,
+}
+
+impl Tracker {
+    fn new(max: usize) -> Self {
+        Tracker { max, next_id: AtomicU64::new(0), open: Mutex::new(Vec::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a new connection. At the cap, the oldest idle connection
+    /// is told to close (a slowloris or a parked keep-alive); if every
+    /// connection is busy, the new one is refused.
+    fn admit(&self, telemetry: &Telemetry) -> Option<Arc<Slot>> {
+        let mut open = self.lock();
+        if open.len() >= self.max {
+            let idle = open.iter().position(|s| s.busy.load(Ordering::Acquire) == 0);
+            match idle {
+                Some(i) => {
+                    let victim = open.remove(i);
+                    victim.evict.notify_one();
+                }
+                None => {
+                    telemetry.refused();
+                    return None;
+                }
+            }
+        }
+        let slot = Arc::new(Slot {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            busy: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            read_while_idle: AtomicBool::new(false),
+            changed: Notify::new(),
+            evict: Notify::new(),
+        });
+        open.push(slot.clone());
+        Some(slot)
+    }
+}
+
+/// A connection's place under the cap, given back when it closes.
+struct Admitted {
+    tracker: Rc<Tracker>,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let id = self.slot.id;
+        self.tracker.lock().retain(|s| s.id != id);
+    }
+}
+
+/// The stream actix serves, tagged with what its requests need to know.
+pub struct Tagged<S> {
+    inner: S,
+    info: Rc<ConnInfo>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tagged<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tagged<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The TCP stream under HTTP (and TLS): fails a write that makes no
+/// progress for `timeout`, so a client that stops reading cannot hold a
+/// connection and its buffers; and tells the slot what moved.
+pub struct Timed<T> {
+    inner: T,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    slot: Arc<Slot>,
+}
+
+impl<T> Timed<T> {
+    fn new(inner: T, timeout: Duration, slot: Arc<Slot>) -> Self {
+        Timed { inner, timeout, stalled: None, slot }
+    }
+
+    fn check_stall<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match poll {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn wrote(&self, n: usize) {
+        if n > 0 && self.slot.busy.load(Ordering::Acquire) == 0 {
+            self.slot.touch();
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Timed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let p = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(p, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.slot.read_while_idle.store(true, Ordering::Release);
+        }
+        p
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Timed<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = p {
+            self.wrote(n);
+        }
+        self.check_stall(cx, p)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = p {
+            self.wrote(n);
+        }
+        self.check_stall(cx, p)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let p = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check_stall(cx, p)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What actix's TLS acceptor needs of the stream under it.
+impl<T: ActixStream> ActixStream for Timed<T> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+        self.inner.poll_read_ready(cx)
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+        self.inner.poll_write_ready(cx)
+    }
+}

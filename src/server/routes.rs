@@ -1,0 +1,246 @@
+//! What each listener answers, declared in one place: the actix-web `App`,
+//! its middleware (per request: the connection's busy mark, head limits,
+//! methods; on `/metrics`: authentication and gzip) and the handlers. The
+//! decision itself is `auth::Authenticator::decide`, which sees plain
+//! values, never actix types.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method as HttpMethod, StatusCode};
+use actix_web::middleware::{from_fn, Compress, Next};
+use actix_web::{web, App, Error, HttpResponse};
+
+use super::conn::ConnInfo;
+use super::{Listener, State};
+use crate::auth::{self, Outcome, Reason};
+use crate::metrics::{self, Families, Kind};
+use crate::telemetry::HttpError;
+
+const LANDING: &str = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>JetKVM metrics</title></head>\n\
+<body><h1>JetKVM metrics</h1><p><a href=\"/metrics\">Metrics</a> (authentication required)</p></body></html>\n";
+
+/// The routes of one listener.
+pub fn app(
+    state: Arc<State>,
+    listener: Arc<Listener>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = Error,
+        InitError = (),
+    >,
+> {
+    let serves_metrics = listener.serves_metrics;
+    App::new()
+        .app_data(web::Data::from(state))
+        .app_data(web::Data::from(listener))
+        .wrap(from_fn(request))
+        .route("/", web::to(landing))
+        .route("/healthz", web::to(healthz))
+        .configure(move |cfg| {
+            if serves_metrics {
+                cfg.service(
+                    web::resource("/metrics")
+                        .wrap(from_fn(authenticate))
+                        .wrap(Compress::default())
+                        .to(scrape),
+                );
+            } else {
+                cfg.route("/metrics", web::to(moved));
+            }
+        })
+        .default_service(web::to(not_found))
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).content_type("text/plain; charset=utf-8").body(body.into())
+}
+
+fn state(req: &ServiceRequest) -> web::Data<State> {
+    req.app_data::<web::Data<State>>().cloned().expect("the App carries the state")
+}
+
+/// Every request: marks its connection busy while it is handled, refuses
+/// heads over the configured limits and methods other than GET and HEAD.
+async fn request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let state = state(&req);
+    let _busy = req.conn_data::<Rc<ConnInfo>>().map(|c| c.slot.busy());
+    if head_too_large(&req, &state) {
+        state.telemetry.http_error(HttpError::TooLarge);
+        let mut r = text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request header fields too large\n");
+        r.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+        return Ok(req.into_response(r).map_into_right_body());
+    }
+    if req.method() != HttpMethod::GET && req.method() != HttpMethod::HEAD {
+        state.telemetry.bad_request();
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(req.into_response(r).map_into_right_body());
+    }
+    let mut res = next.call(req).await?;
+    res.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    Ok(res.map_into_left_body())
+}
+
+/// The request head's size as it came on the wire (request line, each
+/// header line with its CRLF), and the number of header fields, against
+/// `limits`. actix's own limits (128 KiB, 96 fields) are far above ours.
+fn head_too_large(req: &ServiceRequest, state: &State) -> bool {
+    let limits = &state.config.limits;
+    let headers = req.headers();
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let size = headers.iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4);
+    size > limits.max_header_bytes || headers.len() > limits.max_headers
+}
+
+/// `/metrics`: the one decision, counted, and the refusals answered.
+async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let state = state(&req);
+    let Some(conn) = req.conn_data::<Rc<ConnInfo>>().cloned() else {
+        // Every connection is tagged (conn::listen): never reached.
+        return Ok(req
+            .into_response(text(StatusCode::INTERNAL_SERVER_ERROR, "no connection\n"))
+            .map_into_right_body());
+    };
+    let values = |name| req.headers().get_all(name).map(HeaderValue::as_bytes).collect::<Vec<&[u8]>>();
+    let (authorization, cookies) = (values(header::AUTHORIZATION), values(header::COOKIE));
+    let request = auth::Request {
+        authorization: &authorization,
+        cookies: &cookies,
+        peer: conn.peer.ip(),
+        client_cert: conn.client_cert.as_deref(),
+    };
+    let outcome = state.auth.decide(&request).await;
+    let refusal = match outcome {
+        Outcome::Allow(method) => {
+            state.telemetry.auth_success(method);
+            state.telemetry.scrape();
+            return Ok(next.call(req).await?.map_into_left_body());
+        }
+        Outcome::Deny(reason) => refuse(&state, reason, conn.peer),
+        Outcome::Limited(retry) => limited(&state, retry, conn.peer),
+    };
+    Ok(req.into_response(refusal).map_into_right_body())
+}
+
+async fn landing() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(LANDING)
+}
+
+async fn healthz() -> HttpResponse {
+    text(StatusCode::OK, "ok\n")
+}
+
+async fn not_found() -> HttpResponse {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// `/metrics` on the general listener once the metrics service has it.
+async fn moved(state: web::Data<State>) -> HttpResponse {
+    let port = state.metrics_port().unwrap_or_default();
+    text(StatusCode::NOT_FOUND, format!("metrics are served by the metrics service on port {port}\n"))
+}
+
+/// Gathers the registry (collectors and counters) and the exporter's own
+/// state, and encodes them; gzip is the `Compress` middleware's.
+async fn scrape(state: web::Data<State>) -> HttpResponse {
+    let mut families = state.registry.gather();
+    let mut own = Families::new();
+    write_exporter_state(&state, &mut own);
+    families.extend(own.into_vec());
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    HttpResponse::Ok()
+        .content_type(metrics::CONTENT_TYPE)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(metrics::encode(&families))
+}
+
+/// Listener, TLS, token and device-config state.
+fn write_exporter_state(state: &State, out: &mut Families) {
+    out.single(
+        "jetkvm_exporter_device_config_load_success",
+        "Whether the device's auth state (kvm_config.json) was last read successfully.",
+        Kind::Gauge,
+        if state.auth.device().load_ok() { 1.0 } else { 0.0 },
+    );
+    let mut f = out.family(
+        "jetkvm_exporter_listener_info",
+        "A listener of this exporter: its role and TLS mode (none, tls, mtls); always 1.",
+        Kind::Gauge,
+    );
+    for l in &state.listeners {
+        let addr = l.address().to_string();
+        f.sample(&[("listener", l.role.label()), ("address", &addr), ("tls", l.tls_label())], 1.0);
+    }
+    let tls: Vec<_> = state.listeners.iter().filter_map(|l| l.tls.as_ref().map(|t| (l.role, t))).collect();
+    if !tls.is_empty() {
+        let mut f = out.family(
+            "jetkvm_exporter_tls_reload_success",
+            "Whether the last load of a listener's certificate, key and CA files succeeded (0: still serving the previous ones).",
+            Kind::Gauge,
+        );
+        for (role, t) in &tls {
+            f.sample(&[("listener", role.label())], if t.reload_ok() { 1.0 } else { 0.0 });
+        }
+        let mut f = out.family(
+            "jetkvm_exporter_tls_certificate_not_after_seconds",
+            "Expiry of a served certificate, in seconds since the Unix epoch.",
+            Kind::Gauge,
+        );
+        for (_, t) in &tls {
+            for (file, not_after) in &t.serving().not_after {
+                f.sample(&[("cert_file", &file.to_string_lossy())], *not_after as f64);
+            }
+        }
+    }
+    out.single(
+        "jetkvm_exporter_token_load_success",
+        "Whether the metrics token file was last read successfully (an absent file counts as success).",
+        Kind::Gauge,
+        if state.auth.tokens().load_ok() { 1.0 } else { 0.0 },
+    );
+}
+
+fn refuse(state: &State, reason: Reason, peer: SocketAddr) -> HttpResponse {
+    state.telemetry.auth_failure(reason);
+    state.refusal_log.log(|| format!("refused /metrics from {peer}: {}", reason.label()));
+    match reason {
+        Reason::MalformedAuthorization | Reason::MalformedCookie => {
+            text(StatusCode::BAD_REQUEST, "bad request\n")
+        }
+        Reason::Busy | Reason::Throttled => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "busy, retry later\n");
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        _ => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"JetKVM\""));
+            r
+        }
+    }
+}
+
+fn limited(state: &State, retry: Duration, peer: SocketAddr) -> HttpResponse {
+    state.telemetry.auth_failure(Reason::RateLimited);
+    state.refusal_log.log(|| format!("refused /metrics from {peer}: {}", Reason::RateLimited.label()));
+    let mut r = text(StatusCode::TOO_MANY_REQUESTS, "too many failed attempts, retry later\n");
+    let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
+}
