@@ -10,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let _ = parsers::cpu_stat(text);
+    let _ = parsers::net_dev(text);
     let _ = parsers::thermal_millidegrees(text);
     let _ = Record::parse(text);
     let _ = Config::parse(text, "fuzz.toml");

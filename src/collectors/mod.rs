@@ -4,9 +4,8 @@
 //! `jetkvm_scrape_collector_{success,duration_seconds}`; a failing collector
 //! never fails the scrape. Nothing here runs on a timer.
 //!
-//! What sysinfo provides (uptime, boot time, load, memory, network counters,
-//! the daemon's own process) comes through it, from the live kernel. The
-//! rest is read here under the configured `proc_root`/`sys_root`, by parsers
+//! What sysinfo provides (uptime, boot time, load, memory, the daemon's own
+//! process) comes through it, from the live kernel. The rest is read here under the configured `proc_root`/`sys_root`, by parsers
 //! that are pure functions on text, tested on inline input and fixtures.
 
 use std::collections::HashMap;
@@ -36,6 +35,7 @@ mod usb_gadget;
 /// The pure parsers of procfs and sysfs text, for fuzzing and tests.
 pub mod parsers {
     pub use super::cpu::parse as cpu_stat;
+    pub use super::netdev::parse as net_dev;
     pub use super::tcp::parse_sockets as net_tcp;
     pub use super::thermal::parse_millidegrees as thermal_millidegrees;
 }
@@ -132,8 +132,8 @@ pub fn register(config: &Config, registry: &prometheus::Registry) -> prometheus:
         Box::new(loadavg::LoadAvg),
         Box::new(cpu::Cpu::new(procfs.clone())),
         Box::new(meminfo::MemInfo::new().map_err(prometheus::Error::Msg)?),
-        Box::new(tcp::Tcp::new(procfs, config.connection_ports.clone())),
-        Box::new(netdev::NetDev::new().map_err(prometheus::Error::Msg)?),
+        Box::new(tcp::Tcp::new(procfs.clone(), config.connection_ports.clone())),
+        Box::new(netdev::NetDev::new(procfs)),
         Box::new(filesystem::Filesystem::new(config.filesystems.clone())),
         Box::new(thermal::Thermal::new(sysfs.clone())),
         Box::new(usb_gadget::UsbGadget::new(sysfs)),

@@ -1,43 +1,33 @@
-//! Network interface counters, through sysinfo (the live kernel's
-//! `/sys/class/net/*/statistics`). sysinfo has no drop counters: those two
-//! files of the same directory are read here.
+//! Network interface counters from `/proc/net/dev`. Not through sysinfo: it
+//! has no drop counters, and its refresh (a dozen sysfs files per interface
+//! and an address dump) took 15.9 ms per scrape on the board against 1.4 ms
+//! for this one file.
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::PathBuf;
 
-use sysinfo::Networks;
-
-use super::{io_error, parse_error, read, Collector, Result};
+use super::{parse_error, read, under, Collector, Result};
 use crate::metrics::{Families, Kind};
 
+/// (column in /proc/net/dev after the name, metric, help)
+const COLUMNS: [(usize, &str, &str); 8] = [
+    (0, "jetkvm_network_receive_bytes_total", "Bytes received by an interface."),
+    (1, "jetkvm_network_receive_packets_total", "Packets received by an interface."),
+    (2, "jetkvm_network_receive_errors_total", "Receive errors on an interface."),
+    (3, "jetkvm_network_receive_drop_total", "Received packets an interface dropped."),
+    (8, "jetkvm_network_transmit_bytes_total", "Bytes sent by an interface."),
+    (9, "jetkvm_network_transmit_packets_total", "Packets sent by an interface."),
+    (10, "jetkvm_network_transmit_errors_total", "Transmit errors on an interface."),
+    (11, "jetkvm_network_transmit_drop_total", "Packets an interface dropped instead of sending."),
+];
+
 pub struct NetDev {
-    networks: Mutex<Networks>,
+    procfs: PathBuf,
 }
 
 impl NetDev {
-    pub fn new() -> std::result::Result<Self, String> {
-        let networks = Networks::new().map_err(|e| format!("network: {e}"))?;
-        Ok(NetDev { networks: Mutex::new(networks) })
+    pub fn new(procfs: PathBuf) -> Self {
+        NetDev { procfs }
     }
-}
-
-/// One interface's counters, in the order of `FAMILIES`.
-type Counters = [u64; 8];
-
-const FAMILIES: [(&str, &str); 8] = [
-    ("jetkvm_network_receive_bytes_total", "Bytes received by an interface."),
-    ("jetkvm_network_receive_packets_total", "Packets received by an interface."),
-    ("jetkvm_network_receive_errors_total", "Receive errors on an interface."),
-    ("jetkvm_network_receive_drop_total", "Received packets an interface dropped."),
-    ("jetkvm_network_transmit_bytes_total", "Bytes sent by an interface."),
-    ("jetkvm_network_transmit_packets_total", "Packets sent by an interface."),
-    ("jetkvm_network_transmit_errors_total", "Transmit errors on an interface."),
-    ("jetkvm_network_transmit_drop_total", "Packets an interface dropped instead of sending."),
-];
-
-fn counter(statistics: &Path, name: &str) -> Result<u64> {
-    let path = statistics.join(name);
-    read(&path)?.trim().parse().map_err(|_| parse_error(&path, "not a counter"))
 }
 
 impl Collector for NetDev {
@@ -46,49 +36,75 @@ impl Collector for NetDev {
     }
 
     fn update(&self, out: &mut Families) -> Result<()> {
-        let mut networks = self.networks.lock().unwrap_or_else(|p| p.into_inner());
-        networks.refresh(true);
-        let mut devices: Vec<(&str, Counters)> = Vec::new();
-        for (name, data) in networks.iter() {
-            let Some(name) = name.to_str() else { continue };
-            let statistics = Path::new("/sys/class/net").join(name).join("statistics");
-            // The directory sysinfo read: a counter missing there would be a
-            // zero from sysinfo, so the interface is reported only whole.
-            let (rx_drop, tx_drop) =
-                match (counter(&statistics, "rx_dropped"), counter(&statistics, "tx_dropped")) {
-                    (Ok(rx), Ok(tx)) => (rx, tx),
-                    // Gone since sysinfo listed it.
-                    _ if !statistics.exists() => continue,
-                    (Err(e), _) | (_, Err(e)) => return Err(e),
-                };
-            devices.push((
-                name,
-                [
-                    data.total_received(),
-                    data.total_packets_received(),
-                    data.total_errors_on_received(),
-                    rx_drop,
-                    data.total_transmitted(),
-                    data.total_packets_transmitted(),
-                    data.total_errors_on_transmitted(),
-                    tx_drop,
-                ],
-            ));
-        }
-        if devices.is_empty() {
-            let dir = Path::new("/sys/class/net");
-            return Err(match std::fs::read_dir(dir) {
-                Err(e) => io_error(dir, e),
-                Ok(_) => super::Error::NoData("no network interface".into()),
-            });
-        }
-        devices.sort_by(|a, b| a.0.cmp(b.0));
-        for (i, (metric, help)) in FAMILIES.iter().enumerate() {
+        let path = under(&self.procfs, "net/dev");
+        let devices = parse(&read(&path)?).map_err(|e| parse_error(&path, e))?;
+        for (col, metric, help) in COLUMNS {
             let mut f = out.family(metric, help, Kind::Counter);
             for (name, values) in &devices {
-                f.sample(&[("device", name)], values[i] as f64);
+                f.sample(&[("device", name)], values[col] as f64);
             }
         }
         Ok(())
+    }
+}
+
+/// Parses `/proc/net/dev` into (interface, 16 counters).
+pub fn parse(text: &str) -> std::result::Result<Vec<(String, [u64; 16])>, String> {
+    let mut lines = text.lines();
+    // Two header lines: "Inter-|   Receive ..." and " face |bytes ...".
+    if !matches!((lines.next(), lines.next()), (Some(a), Some(b)) if a.contains('|') && b.contains('|')) {
+        return Err("missing header lines".into());
+    }
+    let mut out = Vec::new();
+    for (n, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (name, rest) = line.split_once(':').ok_or_else(|| format!("line {}: no colon", n + 3))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("line {}: empty interface name", n + 3));
+        }
+        let mut values = [0u64; 16];
+        let mut fields = rest.split_whitespace();
+        for slot in &mut values {
+            *slot = fields
+                .next()
+                .and_then(|f| f.parse().ok())
+                .ok_or_else(|| format!("line {}: too few or malformed counters", n + 3))?;
+        }
+        out.push((name.to_owned(), values));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    const HEADER: &str = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n";
+
+    #[test]
+    fn parse() {
+        let t = format!(
+            "{HEADER}    lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0\n  eth0: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0\n"
+        );
+        let d = super::parse(&t).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[1].0, "eth0");
+        assert_eq!(&d[1].1[..4], &[5, 6, 7, 8]);
+        assert_eq!(&d[1].1[8..12], &[9, 10, 11, 12]);
+    }
+
+    #[test]
+    fn malformed() {
+        assert!(super::parse("").is_err());
+        assert!(super::parse("eth0: 1 2 3\n").is_err());
+        for body in [
+            "eth0 1 2 3\n",
+            "eth0: 1 2 3\n",
+            ": 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
+            "eth0: x 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
+        ] {
+            assert!(super::parse(&format!("{HEADER}{body}")).is_err(), "{body:?}");
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! The daemon's own `process_*` metrics, as client libraries name them:
-//! CPU time, memory, file descriptors, threads and start time through
+//! CPU time, virtual memory, file descriptors and start time through
 //! sysinfo. Resident memory comes from `/proc/self/smaps_rollup`: the
 //! kernel's split RSS counters, which sysinfo reads (`statm`), undercount
-//! a multi-threaded process by megabytes on the device's kernel.
+//! a multi-threaded process by megabytes on the device's kernel. The
+//! thread count is the `Threads:` line of `status`.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -35,6 +36,12 @@ impl Process {
     }
 }
 
+/// `Threads:` of `status`. sysinfo counts threads only by refreshing each
+/// as a process of its own (a file read or more apiece).
+fn threads(self_dir: &Path) -> Option<u64> {
+    read(&self_dir.join("status")).ok()?.lines().find_map(|l| l.strip_prefix("Threads:"))?.trim().parse().ok()
+}
+
 /// `Rss:` of `smaps_rollup`, in bytes.
 fn rss(self_dir: &Path) -> Option<u64> {
     let text = read(&self_dir.join("smaps_rollup")).ok()?;
@@ -50,7 +57,7 @@ impl prometheus::core::Collector for Process {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut s = self.system.lock().unwrap_or_else(|p| p.into_inner());
-        let kind = ProcessRefreshKind::nothing().with_memory().with_cpu().with_tasks();
+        let kind = ProcessRefreshKind::nothing().with_memory().with_cpu();
         s.refresh_processes_specifics(ProcessesToUpdate::Some(&[self.pid]), true, kind);
         let Some(p) = s.process(self.pid) else {
             log::debug!("process metrics: /proc/self not readable");
@@ -82,9 +89,7 @@ impl prometheus::core::Collector for Process {
         if let Some(n) = p.open_files_limit() {
             out.single("process_max_fds", "Maximum number of open file descriptors.", Kind::Gauge, n as f64);
         }
-        // sysinfo lists the other threads as tasks: the main one is not among them.
-        if let Some(tasks) = p.tasks() {
-            let threads = tasks.len() + 1;
+        if let Some(threads) = threads(Path::new("/proc/self")) {
             out.single(
                 "process_threads",
                 "Number of OS threads in the process.",

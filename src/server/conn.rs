@@ -6,6 +6,7 @@
 //! only the first request), and a write may stall at most `write_timeout`
 //! (actix has no write timeout).
 
+use std::cell::OnceCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -39,8 +40,25 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The identity of a client certificate the mTLS handshake verified.
-    pub client_cert: Option<String>,
+    pub client_cert: OnceCell<String>,
     pub slot: Arc<Slot>,
+}
+
+/// A stream actix serves: it knows its connection.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + 'static {
+    fn info(&self) -> &Rc<ConnInfo>;
+}
+
+impl Conn for Timed<TcpStream> {
+    fn info(&self) -> &Rc<ConnInfo> {
+        &self.info
+    }
+}
+
+impl Conn for TlsStream<Timed<TcpStream>> {
+    fn info(&self) -> &Rc<ConnInfo> {
+        &self.get_ref().info
+    }
 }
 
 /// Adds `socket` to `builder`, plain or TLS as `listener` says.
@@ -63,12 +81,12 @@ pub fn listen(
 }
 
 /// actix's HTTP/1 service for one listener, over our connection type.
-fn http<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+fn http<S: Conn>(
     state: &Arc<State>,
     listener: &Arc<Listener>,
     graceful: GracefulShutdownSignal,
 ) -> impl ServiceFactory<
-    (Tagged<S>, Option<SocketAddr>),
+    (S, Option<SocketAddr>),
     Config = (),
     Response = (),
     Error = actix_http::error::DispatchError,
@@ -84,8 +102,8 @@ fn http<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         // A client that shuts down its write side after the request still
         // gets the answer.
         .h1_allow_half_closed(true)
-        .on_connect_ext(|io: &Tagged<S>, ext: &mut Extensions| {
-            ext.insert(io.info.clone());
+        .on_connect_ext(|io: &S, ext: &mut Extensions| {
+            ext.insert(io.info().clone());
         })
         .graceful_shutdown_signal(move || {
             let g = graceful.clone();
@@ -108,10 +126,9 @@ fn plain(
             Ok(fn_service(move |tcp: TcpStream| {
                 let (state, http, tracker) = (state.clone(), http.clone(), tracker.clone());
                 async move {
-                    let Some((admitted, peer, io)) = accept(&state, &tracker, tcp) else { return Ok(()) };
-                    let slot = admitted.slot.clone();
-                    let info = Rc::new(ConnInfo { peer, client_cert: None, slot: slot.clone() });
-                    watch(&state, &slot, http.call((Tagged { inner: io, info }, Some(peer)))).await;
+                    let Some((admitted, io)) = accept(&state, &tracker, tcp) else { return Ok(()) };
+                    let peer = io.info.peer;
+                    watch(&state, &admitted.slot, http.call((io, Some(peer)))).await;
                     Ok(())
                 }
             }))
@@ -138,13 +155,12 @@ fn secure(
             Ok(fn_service(move |tcp: TcpStream| {
                 let (state, http, tracker, tls) = (state.clone(), http.clone(), tracker.clone(), tls.clone());
                 async move {
-                    let Some((admitted, peer, io)) = accept(&state, &tracker, tcp) else { return Ok(()) };
-                    let slot = admitted.slot.clone();
-                    let Some((stream, client_cert)) = handshake(&state, &tls, &slot, peer, io).await else {
+                    let Some((admitted, io)) = accept(&state, &tracker, tcp) else { return Ok(()) };
+                    let peer = io.info.peer;
+                    let Some(stream) = handshake(&state, &tls, &admitted.slot, io).await else {
                         return Ok(());
                     };
-                    let info = Rc::new(ConnInfo { peer, client_cert, slot: slot.clone() });
-                    watch(&state, &slot, http.call((Tagged { inner: stream, info }, Some(peer)))).await;
+                    watch(&state, &admitted.slot, http.call((stream, Some(peer)))).await;
                     Ok(())
                 }
             }))
@@ -154,29 +170,25 @@ fn secure(
 
 /// A slot under the cap for a new connection, or `None` (counted) if every
 /// open connection is busy.
-fn accept(
-    state: &State,
-    tracker: &Rc<Tracker>,
-    tcp: TcpStream,
-) -> Option<(Admitted, SocketAddr, Timed<TcpStream>)> {
+fn accept(state: &State, tracker: &Rc<Tracker>, tcp: TcpStream) -> Option<(Admitted, Timed<TcpStream>)> {
     let slot = tracker.admit(&state.telemetry)?;
     let admitted = Admitted { tracker: tracker.clone(), slot };
     let peer = tcp.peer_addr().ok()?;
     let _ = tcp.set_nodelay(true);
-    let io = Timed::new(tcp, state.config.limits.write_timeout, admitted.slot.clone());
-    Some((admitted, peer, io))
+    let info = Rc::new(ConnInfo { peer, client_cert: OnceCell::new(), slot: admitted.slot.clone() });
+    Some((admitted, Timed::new(tcp, state.config.limits.write_timeout, info)))
 }
 
 /// The TLS handshake with a context built from the files of now. On the
 /// mTLS listener a certificate problem is an auth failure with its reason,
-/// and a verified certificate's identity is returned.
+/// and a verified certificate's identity goes with the connection.
 async fn handshake(
     state: &State,
     tls: &crate::tls::Acceptor,
     slot: &Slot,
-    peer: SocketAddr,
     io: Timed<TcpStream>,
-) -> Option<(TlsStream<Timed<TcpStream>>, Option<String>)> {
+) -> Option<TlsStream<Timed<TcpStream>>> {
+    let peer = io.info.peer;
     let built = tls.current();
     let mut acceptor = Acceptor::new(built.acceptor.clone());
     acceptor.set_handshake_timeout(state.config.limits.header_timeout);
@@ -191,14 +203,13 @@ async fn handshake(
     };
     match result {
         Ok(stream) => {
-            let identity = if tls.mtls() {
+            if tls.mtls() {
                 // The handshake required and verified it; no certificate
                 // here would be an OpenSSL bug, and is refused like one.
-                Some(client_cert::identity(&*stream.ssl().peer_certificate()?))
-            } else {
-                None
-            };
-            Some((stream, identity))
+                let identity = client_cert::identity(&*stream.ssl().peer_certificate()?);
+                let _ = stream.get_ref().info.client_cert.set(identity);
+            }
+            Some(stream)
         }
         Err(TlsError::Timeout) => {
             state.telemetry.http_error(HttpError::Timeout);
@@ -390,61 +401,20 @@ impl Drop for Admitted {
     }
 }
 
-/// The stream actix serves, tagged with what its requests need to know.
-pub struct Tagged<S> {
-    inner: S,
-    info: Rc<ConnInfo>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tagged<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tagged<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The TCP stream under HTTP (and TLS): fails a write that makes no
-/// progress for `timeout`, so a client that stops reading cannot hold a
-/// connection and its buffers; and tells the slot what moved.
+/// The TCP stream under HTTP (and TLS), carrying what requests know of
+/// their connection: fails a write that makes no progress for `timeout`,
+/// so a client that stops reading cannot hold a connection and its
+/// buffers; and tells the slot what moved.
 pub struct Timed<T> {
     inner: T,
     timeout: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-    slot: Arc<Slot>,
+    info: Rc<ConnInfo>,
 }
 
 impl<T> Timed<T> {
-    fn new(inner: T, timeout: Duration, slot: Arc<Slot>) -> Self {
-        Timed { inner, timeout, stalled: None, slot }
+    fn new(inner: T, timeout: Duration, info: Rc<ConnInfo>) -> Self {
+        Timed { inner, timeout, stalled: None, info }
     }
 
     fn check_stall<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
@@ -467,8 +437,9 @@ impl<T> Timed<T> {
     }
 
     fn wrote(&self, n: usize) {
-        if n > 0 && self.slot.busy.load(Ordering::Acquire) == 0 {
-            self.slot.touch();
+        let slot = &self.info.slot;
+        if n > 0 && slot.busy.load(Ordering::Acquire) == 0 {
+            slot.touch();
         }
     }
 }
@@ -482,7 +453,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Timed<T> {
         let before = buf.filled().len();
         let p = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(p, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.slot.read_while_idle.store(true, Ordering::Release);
+            self.info.slot.read_while_idle.store(true, Ordering::Release);
         }
         p
     }

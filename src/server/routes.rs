@@ -122,7 +122,7 @@ async fn authenticate(
         authorization: &authorization,
         cookies: &cookies,
         peer: conn.peer.ip(),
-        client_cert: conn.client_cert.as_deref(),
+        client_cert: conn.client_cert.get().map(String::as_str),
     };
     let outcome = state.auth.decide(&request).await;
     let refusal = match outcome {

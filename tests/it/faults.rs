@@ -52,7 +52,7 @@ fn proc_and_sys_entries_vanishing_under_load() {
         let proc_dir = root.path("proc");
         let sys_dir = root.path("sys");
         std::thread::spawn(move || {
-            let files = ["stat", "net/tcp", "net/tcp6"];
+            let files = ["stat", "net/tcp", "net/tcp6", "net/dev"];
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let f = files[i % files.len()];

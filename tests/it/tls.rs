@@ -48,6 +48,15 @@ fn base_config(dir: &TempDir, general: &str) -> String {
     )
 }
 
+/// A daemon whose metrics service serves `c`'s certificate, with mTLS
+/// against `c`'s CA if asked.
+fn serving(device: &str, c: &Certs, mtls: bool) -> Daemon {
+    start(device, |dir| {
+        write_certs(dir, c);
+        service(dir, mtls, "")
+    })
+}
+
 /// Starts a daemon whose files live in a directory prepared by `config`.
 fn start(device: &str, config: impl FnOnce(&TempDir) -> String) -> Daemon {
     let dir = TempDir::new();
@@ -64,10 +73,7 @@ fn device() -> String {
 #[test]
 fn https_without_mtls_uses_the_same_authentication() {
     let c = certs();
-    let d = start(&device(), |dir| {
-        write_certs(dir, &c);
-        service(dir, false, "")
-    });
+    let d = serving(&device(), &c, false);
     let addr = d.metrics_addr.unwrap();
     let client = TlsClient::new(&c.ca.cert_pem());
     let r = client.get(addr, "/metrics", &[("Authorization", &basic("admin", "pw"))]).unwrap();
@@ -94,10 +100,7 @@ fn https_without_mtls_uses_the_same_authentication() {
 #[test]
 fn metrics_move_off_the_general_listener() {
     let c = certs();
-    let d = start(&no_password_mode(), |dir| {
-        write_certs(dir, &c);
-        service(dir, false, "")
-    });
+    let d = serving(&no_password_mode(), &c, false);
     let r = d.get("/metrics", &[]);
     assert_eq!(r.status, 404);
     let port = d.metrics_addr.unwrap().port();
@@ -154,10 +157,7 @@ fn mtls_accepts_only_verified_allowed_client_certificates() {
 fn mtls_without_allowed_sans_accepts_any_certificate_from_the_ca() {
     let c = certs();
     let stranger = pki::leaf(&c.ca, "stranger", &["stranger.lan"], true, -1, 30);
-    let d = start(&device(), |dir| {
-        write_certs(dir, &c);
-        service(dir, true, "")
-    });
+    let d = serving(&device(), &c, true);
     let r =
         TlsClient::new(&c.ca.cert_pem()).with_cert(&stranger).get(d.metrics_addr.unwrap(), "/metrics", &[]);
     assert_eq!(r.unwrap().resp.status, 200);
@@ -202,10 +202,7 @@ fn keypairs_are_chosen_by_sni() {
 #[test]
 fn certificates_rotate_while_scraping_and_bad_files_keep_the_old_ones() {
     let c = certs();
-    let d = start(&no_password_mode(), |dir| {
-        write_certs(dir, &c);
-        service(dir, true, "")
-    });
+    let d = serving(&no_password_mode(), &c, true);
     let addr = d.metrics_addr.unwrap();
     let ca = c.ca.cert_pem();
     let stop = Arc::new(AtomicBool::new(false));
@@ -258,10 +255,7 @@ fn certificates_rotate_while_scraping_and_bad_files_keep_the_old_ones() {
 #[test]
 fn an_emptied_or_removed_ca_file_refuses_every_client_until_it_is_valid() {
     let c = certs();
-    let d = start(&no_password_mode(), |dir| {
-        write_certs(dir, &c);
-        service(dir, true, "")
-    });
+    let d = serving(&no_password_mode(), &c, true);
     let addr = d.metrics_addr.unwrap();
     let client = TlsClient::new(&c.ca.cert_pem()).with_cert(&c.client);
     assert_eq!(client.get(addr, "/metrics", &[]).unwrap().resp.status, 200);
