@@ -112,7 +112,10 @@ fn http<S: Conn>(
         .h1(map_config(app, |_| AppConfig::default()))
 }
 
-/// A plain HTTP listener: one service per actix worker.
+/// A plain HTTP listener. actix's HTTP service (and the App in it) is made
+/// for each connection, not once per worker: it runs a clock that wakes
+/// twice a second for as long as it exists, and a daemon with no
+/// connection should not wake.
 fn plain(
     state: Arc<State>,
     listener: Arc<Listener>,
@@ -121,13 +124,18 @@ fn plain(
     fn_factory(move || {
         let (state, listener, graceful) = (state.clone(), listener.clone(), graceful.clone());
         async move {
-            let http = Rc::new(http::<Timed<TcpStream>>(&state, &listener, graceful).new_service(()).await?);
             let tracker = Rc::new(Tracker::new(state.config.limits.max_connections));
             Ok(fn_service(move |tcp: TcpStream| {
-                let (state, http, tracker) = (state.clone(), http.clone(), tracker.clone());
+                let (state, listener, graceful, tracker) =
+                    (state.clone(), listener.clone(), graceful.clone(), tracker.clone());
                 async move {
                     let Some((admitted, io)) = accept(&state, &tracker, tcp) else { return Ok(()) };
                     let peer = io.info.peer;
+                    let Ok(http) =
+                        http::<Timed<TcpStream>>(&state, &listener, graceful).new_service(()).await
+                    else {
+                        return Ok(());
+                    };
                     watch(&state, &admitted.slot, http.call((io, Some(peer)))).await;
                     Ok(())
                 }
@@ -148,18 +156,18 @@ fn secure(
         let (state, listener, graceful, tls) =
             (state.clone(), listener.clone(), graceful.clone(), tls.clone());
         async move {
-            let http = Rc::new(
-                http::<TlsStream<Timed<TcpStream>>>(&state, &listener, graceful).new_service(()).await?,
-            );
             let tracker = Rc::new(Tracker::new(state.config.limits.max_connections));
             Ok(fn_service(move |tcp: TcpStream| {
-                let (state, http, tracker, tls) = (state.clone(), http.clone(), tracker.clone(), tls.clone());
+                let (state, listener, graceful, tracker, tls) =
+                    (state.clone(), listener.clone(), graceful.clone(), tracker.clone(), tls.clone());
                 async move {
                     let Some((admitted, io)) = accept(&state, &tracker, tcp) else { return Ok(()) };
                     let peer = io.info.peer;
                     let Some(stream) = handshake(&state, &tls, &admitted.slot, io).await else {
                         return Ok(());
                     };
+                    let http = http::<TlsStream<Timed<TcpStream>>>(&state, &listener, graceful);
+                    let Ok(http) = http.new_service(()).await else { return Ok(()) };
                     watch(&state, &admitted.slot, http.call((stream, Some(peer)))).await;
                     Ok(())
                 }
