@@ -31,6 +31,11 @@ pub struct Config {
     pub auth: Auth,
     /// The separate metrics listener, when enabled.
     pub metrics_service: Option<MetricsService>,
+    /// Where the device keeps its TLS certificates and keys.
+    pub device_tls_dir: PathBuf,
+    /// Serve HTTPS on `listen_addr` with the device's certificates while
+    /// the device's `tls_mode` is set.
+    pub follow_device_tls: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +125,8 @@ impl Default for Config {
                 tracked_clients: 4096,
             },
             metrics_service: None,
+            device_tls_dir: "/userdata/jetkvm/tls".into(),
+            follow_device_tls: true,
         }
     }
 }
@@ -141,6 +148,8 @@ struct Raw {
     #[serde(default)]
     auth: RawAuth,
     metrics_service: Option<RawMetricsService>,
+    device_tls_dir: Option<PathBuf>,
+    follow_device_tls: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -403,6 +412,8 @@ impl Config {
             limits,
             auth,
             metrics_service,
+            device_tls_dir: p.path("device_tls_dir", raw.device_tls_dir, d.device_tls_dir),
+            follow_device_tls: raw.follow_device_tls.unwrap_or(d.follow_device_tls),
         };
         if p.lines.is_empty() {
             Ok(config)

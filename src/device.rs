@@ -36,6 +36,29 @@ pub enum AuthMode {
     NotSetUp,
 }
 
+/// The device's `tls_mode`: whether its web UI serves HTTPS, and with which
+/// certificates (see `tls::DeviceTls`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    Off,
+    SelfSigned,
+    Custom,
+    /// A mode this daemon does not know: TLS is wanted, with no certificate
+    /// it knows how to find, so credentials are refused in clear.
+    Unknown(String),
+}
+
+impl TlsMode {
+    pub fn label(&self) -> &str {
+        match self {
+            TlsMode::Off => "off",
+            TlsMode::SelfSigned => "self-signed",
+            TlsMode::Custom => "custom",
+            TlsMode::Unknown(m) => m,
+        }
+    }
+}
+
 /// The parts of `kvm_config.json` that matter here. Secrets never appear in
 /// `Debug` output.
 pub struct DeviceConfig {
@@ -44,6 +67,7 @@ pub struct DeviceConfig {
     pub hashed_password: Option<String>,
     /// The browser session token, if someone is logged in.
     pub session_token: Option<String>,
+    pub tls_mode: TlsMode,
 }
 
 impl AuthMode {
@@ -63,6 +87,7 @@ impl std::fmt::Debug for DeviceConfig {
             .field("mode", &self.mode)
             .field("hashed_password", &self.hashed_password.as_ref().map(|_| "<set>"))
             .field("session_token", &self.session_token.as_ref().map(|_| "<set>"))
+            .field("tls_mode", &self.tls_mode)
             .finish()
     }
 }
@@ -75,6 +100,8 @@ struct Raw {
     hashed_password: Option<String>,
     #[serde(default)]
     local_auth_token: Option<String>,
+    #[serde(default)]
+    tls_mode: Option<String>,
 }
 
 impl DeviceConfig {
@@ -96,7 +123,13 @@ impl DeviceConfig {
         };
         let hashed_password = raw.hashed_password.filter(|h| is_supported_bcrypt(h));
         let session_token = raw.local_auth_token.filter(|t| !t.is_empty());
-        Ok(DeviceConfig { mode, hashed_password, session_token })
+        let tls_mode = match raw.tls_mode.as_deref() {
+            Some("") | None => TlsMode::Off,
+            Some("self-signed") => TlsMode::SelfSigned,
+            Some("custom") => TlsMode::Custom,
+            Some(other) => TlsMode::Unknown(other.chars().take(32).collect()),
+        };
+        Ok(DeviceConfig { mode, hashed_password, session_token, tls_mode })
     }
 
     /// One read, no retries: for `check-config`.
@@ -167,6 +200,9 @@ pub struct DeviceState {
     /// One reload at a time; others wait and then use its result.
     reloading: tokio::sync::Mutex<()>,
     load_ok: AtomicBool,
+    /// The TLS mode of the last state that loaded: a torn or vanished file
+    /// must not turn the device's TLS off (credentials in clear).
+    tls_mode: Mutex<TlsMode>,
 }
 
 impl DeviceState {
@@ -176,7 +212,15 @@ impl DeviceState {
             cached: Mutex::new(Cached { key: None, trusted: false, state: Err(Unavailable::Missing) }),
             reloading: tokio::sync::Mutex::new(()),
             load_ok: AtomicBool::new(false),
+            tls_mode: Mutex::new(TlsMode::Off),
         }
+    }
+
+    /// The device's TLS mode as of now: the last mode read from a file that
+    /// loaded (off until one has).
+    pub async fn tls_mode(&self) -> TlsMode {
+        let _ = self.current().await;
+        self.tls_mode.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether the last load gave a usable state.
@@ -219,6 +263,13 @@ impl DeviceState {
         }
         let (key, trusted, state) = self.reload().await;
         let mut c = self.lock();
+        if let Ok(d) = &state {
+            let mut tls = self.tls_mode.lock().unwrap_or_else(|p| p.into_inner());
+            if *tls != d.tls_mode {
+                log::info!("device config {}: TLS mode {}", self.path.display(), d.tls_mode.label());
+                *tls = d.tls_mode.clone();
+            }
+        }
         let changed = match (&c.state, &state) {
             (Ok(a), Ok(b)) => a.mode != b.mode,
             (Err(a), Err(b)) => a != b,
@@ -282,6 +333,17 @@ mod tests {
         assert_eq!(d.mode, AuthMode::Password);
         assert_eq!(d.hashed_password.as_deref(), Some(HASH));
         assert_eq!(d.session_token.as_deref(), Some("abc"));
+        assert_eq!(d.tls_mode, TlsMode::Off);
+        for (raw, mode) in [
+            ("self-signed", TlsMode::SelfSigned),
+            ("custom", TlsMode::Custom),
+            ("acme", TlsMode::Unknown("acme".into())),
+        ] {
+            let d = DeviceConfig::parse(
+                format!(r#"{{"localAuthMode":"noPassword","tls_mode":"{raw}"}}"#).as_bytes(),
+            );
+            assert_eq!(d.unwrap().tls_mode, mode);
+        }
         let d = DeviceConfig::parse(br#"{"localAuthMode":"noPassword"}"#).unwrap();
         assert_eq!(d.mode, AuthMode::NoPassword);
         let d = DeviceConfig::parse(br#"{"localAuthMode":"","local_auth_token":""}"#).unwrap();

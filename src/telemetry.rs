@@ -19,11 +19,20 @@ pub enum HttpError {
     TlsHandshake,
     /// Other I/O errors (resets and the like).
     Io,
+    /// A plain-HTTP request on the general listener while it serves the
+    /// device's TLS: answered 400 before any credential is looked at.
+    PlainHttp,
 }
 
 impl HttpError {
-    pub const ALL: [HttpError; 5] =
-        [HttpError::Parse, HttpError::TooLarge, HttpError::Timeout, HttpError::TlsHandshake, HttpError::Io];
+    pub const ALL: [HttpError; 6] = [
+        HttpError::Parse,
+        HttpError::TooLarge,
+        HttpError::Timeout,
+        HttpError::TlsHandshake,
+        HttpError::Io,
+        HttpError::PlainHttp,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -32,6 +41,7 @@ impl HttpError {
             HttpError::Timeout => "timeout",
             HttpError::TlsHandshake => "tls_handshake",
             HttpError::Io => "io",
+            HttpError::PlainHttp => "plain_http",
         }
     }
 }
@@ -83,28 +93,28 @@ impl Telemetry {
             auth_failures: counter_vec(
                 registry,
                 "jetkvm_exporter_auth_failures_total",
-                "Requests for metrics refused, by reason.",
+                "Requests for metrics or the settings page refused, by reason.",
                 "reason",
                 &reasons,
             )?,
             auth_successes: counter_vec(
                 registry,
                 "jetkvm_exporter_auth_successes_total",
-                "Requests for metrics allowed, by method.",
+                "Requests for metrics or the settings page allowed, by method.",
                 "method",
                 &methods,
             )?,
             http_errors: counter_vec(
                 registry,
                 "jetkvm_exporter_http_errors_total",
-                "Connections ended for malformed, oversized or stalled requests, or I/O errors.",
+                "Connections ended for malformed, oversized or stalled requests, plain HTTP while the device's TLS is on, or I/O errors.",
                 "reason",
                 &errors,
             )?,
             bad_requests: counter(
                 registry,
                 "jetkvm_exporter_http_bad_requests_total",
-                "Requests answered 4xx before authentication (method not allowed).",
+                "Requests answered 4xx before authentication (method not allowed, a malformed settings form).",
             )?,
             evicted: counter(
                 registry,

@@ -14,6 +14,10 @@
 //! 6. the device password by basic auth (unless `auth.device_password`
 //!    is false): remembered verdicts for this client first, then bcrypt.
 //!
+//! The settings page uses the same decision without the read-only
+//! credentials (`decide_settings`): only whoever the device itself lets in
+//! (steps 4-6) may manage the token.
+//!
 //! A client over its budget still gets the checks whose secrets are 128 or
 //! more random bits (certificate, token, cookie) and a password it proved
 //! from its own address while within budget. Any other password, right or
@@ -32,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::crypto::Mac;
 use crate::device::{AuthMode, DeviceState};
 use basic::{Authorization, PasswordVerifier, Verdict};
 use ratelimit::FailureLimiter;
@@ -101,10 +106,15 @@ pub enum Reason {
     ClientCertInvalid,
     /// A verified client certificate outside `client_allowed_sans`.
     ClientCertNotAllowed,
+    /// The metrics token presented to the settings page: it only reads.
+    ReadOnlyCredential,
+    /// A settings form posted from another site, or without the anti-CSRF
+    /// value of the session it claims.
+    CrossSiteRequest,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 20] = [
         Reason::MissingCredentials,
         Reason::MalformedAuthorization,
         Reason::MalformedCookie,
@@ -123,6 +133,8 @@ impl Reason {
         Reason::ClientCertMissing,
         Reason::ClientCertInvalid,
         Reason::ClientCertNotAllowed,
+        Reason::ReadOnlyCredential,
+        Reason::CrossSiteRequest,
     ];
 
     pub fn label(self) -> &'static str {
@@ -145,6 +157,8 @@ impl Reason {
             Reason::ClientCertMissing => "client_cert_missing",
             Reason::ClientCertInvalid => "client_cert_invalid",
             Reason::ClientCertNotAllowed => "client_cert_not_allowed",
+            Reason::ReadOnlyCredential => "read_only_credential",
+            Reason::CrossSiteRequest => "cross_site_request",
         }
     }
 }
@@ -167,6 +181,13 @@ fn visible_ascii(v: &[u8]) -> Result<&str, Malformed> {
     }
 }
 
+/// What a request asks to be allowed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Metrics,
+    Settings,
+}
+
 /// What the listener knows about a request, in plain values: this module
 /// does not know the web framework.
 pub struct Request<'a> {
@@ -185,6 +206,8 @@ pub struct Authenticator {
     tokens: TokenStore,
     limiter: FailureLimiter,
     device_password: bool,
+    /// Keys the settings page's anti-CSRF values; new at every start.
+    forms: Mac,
 }
 
 impl Authenticator {
@@ -201,6 +224,7 @@ impl Authenticator {
                 a.tracked_clients,
             ),
             device_password: a.device_password,
+            forms: Mac::new_random(),
         }
     }
 
@@ -229,8 +253,33 @@ impl Authenticator {
         if req.client_cert.is_some() {
             return Outcome::Allow(Method::ClientCert);
         }
+        self.budgeted(req, Use::Metrics).await
+    }
+
+    /// May this request use the settings page? Only the device's own
+    /// credentials: the session cookie, the device password, or none in
+    /// no-password mode; never the read-only token or a client
+    /// certificate. When allowed, also the anti-CSRF value its forms must
+    /// carry, bound to the credential (the session, the password's hash):
+    /// it changes at logout, at a password change and at every start.
+    pub async fn decide_settings(&self, req: &Request<'_>) -> (Outcome, Option<String>) {
+        let outcome = self.budgeted(req, Use::Settings).await;
+        let Outcome::Allow(method) = outcome else { return (outcome, None) };
+        let Ok(device) = self.device.current().await else {
+            return (Outcome::Deny(Reason::DeviceConfigUnavailable), None);
+        };
+        let bound: &[u8] = match method {
+            Method::Cookie => device.session_token.as_deref().unwrap_or_default().as_bytes(),
+            Method::Password => device.hashed_password.as_deref().unwrap_or_default().as_bytes(),
+            _ => b"",
+        };
+        let mac = self.forms.sign(&[b"settings form", method.label().as_bytes(), bound]);
+        (outcome, Some(mac.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    async fn budgeted(&self, req: &Request<'_>, purpose: Use) -> Outcome {
         let ticket = self.limiter.take(req.peer);
-        match self.credentials(req, ticket.within).await {
+        match self.credentials(req, ticket.within, purpose).await {
             allowed @ Outcome::Allow(_) => {
                 self.limiter.allowed(&ticket);
                 allowed
@@ -242,7 +291,7 @@ impl Authenticator {
 
     /// `within`: whether the client has failure budget left, which a
     /// password not yet proved from this client needs.
-    async fn credentials(&self, req: &Request<'_>, within: bool) -> Outcome {
+    async fn credentials(&self, req: &Request<'_>, within: bool, purpose: Use) -> Outcome {
         let authorization = basic::parse(req.authorization);
         // The token first: it does not depend on the device's state.
         let presented = match &authorization {
@@ -253,6 +302,9 @@ impl Authenticator {
         let mut token_refusal = None;
         if let Some(presented) = presented {
             match self.tokens.check(presented) {
+                token::Check::Valid if purpose == Use::Settings => {
+                    return Outcome::Deny(Reason::ReadOnlyCredential)
+                }
                 token::Check::Valid => return Outcome::Allow(Method::Token),
                 token::Check::Unavailable => token_refusal = Some(Reason::TokenUnavailable),
                 token::Check::Invalid | token::Check::NoToken => token_refusal = Some(Reason::BadToken),

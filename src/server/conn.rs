@@ -6,7 +6,7 @@
 //! only the first request), and a write may stall at most `write_timeout`
 //! (actix has no write timeout).
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -41,6 +41,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The identity of a client certificate the mTLS handshake verified.
     pub client_cert: OnceCell<String>,
+    /// Whether the connection is TLS.
+    pub encrypted: Cell<bool>,
     pub slot: Arc<Slot>,
 }
 
@@ -61,7 +63,8 @@ impl Conn for TlsStream<Timed<TcpStream>> {
     }
 }
 
-/// Adds `socket` to `builder`, plain or TLS as `listener` says.
+/// Adds `socket` to `builder`: plain, TLS, or following the device's TLS,
+/// as `listener` says.
 pub fn listen(
     builder: ServerBuilder,
     socket: std::net::TcpListener,
@@ -70,14 +73,7 @@ pub fn listen(
     graceful: GracefulShutdownSignal,
 ) -> io::Result<ServerBuilder> {
     let name = listener.role.label();
-    match listener.tls.clone() {
-        None => {
-            builder.listen(name, socket, move || plain(state.clone(), listener.clone(), graceful.clone()))
-        }
-        Some(tls) => builder.listen(name, socket, move || {
-            secure(state.clone(), listener.clone(), graceful.clone(), tls.clone())
-        }),
-    }
+    builder.listen(name, socket, move || connections(state.clone(), listener.clone(), graceful.clone()))
 }
 
 /// actix's HTTP/1 service for one listener, over our connection type.
@@ -112,11 +108,11 @@ fn http<S: Conn>(
         .h1(map_config(app, |_| AppConfig::default()))
 }
 
-/// A plain HTTP listener. actix's HTTP service (and the App in it) is made
-/// for each connection, not once per worker: it runs a clock that wakes
-/// twice a second for as long as it exists, and a daemon with no
-/// connection should not wake.
-fn plain(
+/// One listener's connections, each under the cap. actix's HTTP service
+/// (and the App in it) is made for each connection, not once per worker:
+/// it runs a clock that wakes twice a second for as long as it exists, and
+/// a daemon with no connection should not wake.
+fn connections(
     state: Arc<State>,
     listener: Arc<Listener>,
     graceful: GracefulShutdownSignal,
@@ -130,13 +126,28 @@ fn plain(
                     (state.clone(), listener.clone(), graceful.clone(), tracker.clone());
                 async move {
                     let Some((admitted, io)) = accept(&state, &tracker, tcp) else { return Ok(()) };
-                    let peer = io.info.peer;
-                    let Ok(http) =
-                        http::<Timed<TcpStream>>(&state, &listener, graceful).new_service(()).await
-                    else {
-                        return Ok(());
+                    let tls = match (&listener.tls, &listener.device_tls) {
+                        (Some(t), _) => {
+                            let built = t.current();
+                            Some((built.acceptor.clone(), t.mtls()))
+                        }
+                        (None, Some(device)) => match device_tls(&state, device, &admitted.slot, &io).await {
+                            Some(DeviceChoice::Tls(acceptor)) => Some((acceptor, false)),
+                            Some(DeviceChoice::Plain) => None,
+                            None => return Ok(()),
+                        },
+                        (None, None) => None,
                     };
-                    watch(&state, &admitted.slot, http.call((io, Some(peer)))).await;
+                    match tls {
+                        None => serve(&state, &listener, graceful, &admitted.slot, io).await,
+                        Some((acceptor, mtls)) => {
+                            let Some(stream) = handshake(&state, acceptor, mtls, &admitted.slot, io).await
+                            else {
+                                return Ok(());
+                            };
+                            serve(&state, &listener, graceful, &admitted.slot, stream).await
+                        }
+                    }
                     Ok(())
                 }
             }))
@@ -144,36 +155,67 @@ fn plain(
     })
 }
 
-/// A TLS or mTLS listener: the handshake first, bounded by the header
-/// timeout and counted against the cap like any connection.
-fn secure(
-    state: Arc<State>,
-    listener: Arc<Listener>,
+/// HTTP on an admitted (and, for TLS, handshaken) connection.
+async fn serve<S: Conn>(
+    state: &Arc<State>,
+    listener: &Arc<Listener>,
     graceful: GracefulShutdownSignal,
-    tls: Arc<crate::tls::Acceptor>,
-) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()> {
-    fn_factory(move || {
-        let (state, listener, graceful, tls) =
-            (state.clone(), listener.clone(), graceful.clone(), tls.clone());
-        async move {
-            let tracker = Rc::new(Tracker::new(state.config.limits.max_connections));
-            Ok(fn_service(move |tcp: TcpStream| {
-                let (state, listener, graceful, tracker, tls) =
-                    (state.clone(), listener.clone(), graceful.clone(), tracker.clone(), tls.clone());
-                async move {
-                    let Some((admitted, io)) = accept(&state, &tracker, tcp) else { return Ok(()) };
-                    let peer = io.info.peer;
-                    let Some(stream) = handshake(&state, &tls, &admitted.slot, io).await else {
-                        return Ok(());
-                    };
-                    let http = http::<TlsStream<Timed<TcpStream>>>(&state, &listener, graceful);
-                    let Ok(http) = http.new_service(()).await else { return Ok(()) };
-                    watch(&state, &admitted.slot, http.call((stream, Some(peer)))).await;
-                    Ok(())
-                }
-            }))
+    slot: &Slot,
+    io: S,
+) {
+    let peer = io.info().peer;
+    let Ok(http) = http::<S>(state, listener, graceful).new_service(()).await else { return };
+    watch(state, slot, http.call((io, Some(peer)))).await;
+}
+
+enum DeviceChoice {
+    Tls(openssl::ssl::SslAcceptor),
+    /// Plain HTTP: the device's TLS is off, or a client spoke plain HTTP
+    /// while it is on (then every request is refused, see `routes`).
+    Plain,
+}
+
+/// How a connection on the listener that follows the device's TLS is
+/// served. With the device's TLS on, the first byte tells a TLS client (a
+/// handshake record) from a plain one; it must come within the header
+/// timeout. `None`: the connection ends here.
+async fn device_tls(
+    state: &State,
+    device: &crate::tls::DeviceTls,
+    slot: &Slot,
+    io: &Timed<TcpStream>,
+) -> Option<DeviceChoice> {
+    use crate::tls::device::Serving;
+    let mode = state.auth.device().tls_mode().await;
+    let serving = device.current(&mode);
+    if matches!(serving, Serving::Off) {
+        return Some(DeviceChoice::Plain);
+    }
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        r = tokio::time::timeout(state.config.limits.header_timeout, io.inner.peek(&mut first)) => r,
+        () = slot.evict.notified() => {
+            state.telemetry.evicted();
+            return None;
         }
-    })
+    };
+    match (peeked, serving) {
+        (Err(_), _) => {
+            state.telemetry.http_error(HttpError::Timeout);
+            None
+        }
+        (Ok(Ok(0)) | Ok(Err(_)), _) => None,
+        // A TLS handshake record.
+        (Ok(Ok(_)), Serving::Tls(built)) if first[0] == 0x16 => {
+            Some(DeviceChoice::Tls(built.acceptor.clone()))
+        }
+        (Ok(Ok(_)), _) if first[0] == 0x16 => {
+            // No certificate to answer with yet.
+            state.telemetry.http_error(HttpError::TlsHandshake);
+            None
+        }
+        (Ok(Ok(_)), _) => Some(DeviceChoice::Plain),
+    }
 }
 
 /// A slot under the cap for a new connection, or `None` (counted) if every
@@ -183,7 +225,12 @@ fn accept(state: &State, tracker: &Rc<Tracker>, tcp: TcpStream) -> Option<(Admit
     let admitted = Admitted { tracker: tracker.clone(), slot };
     let peer = tcp.peer_addr().ok()?;
     let _ = tcp.set_nodelay(true);
-    let info = Rc::new(ConnInfo { peer, client_cert: OnceCell::new(), slot: admitted.slot.clone() });
+    let info = Rc::new(ConnInfo {
+        peer,
+        client_cert: OnceCell::new(),
+        encrypted: Cell::new(false),
+        slot: admitted.slot.clone(),
+    });
     Some((admitted, Timed::new(tcp, state.config.limits.write_timeout, info)))
 }
 
@@ -192,13 +239,13 @@ fn accept(state: &State, tracker: &Rc<Tracker>, tcp: TcpStream) -> Option<(Admit
 /// and a verified certificate's identity goes with the connection.
 async fn handshake(
     state: &State,
-    tls: &crate::tls::Acceptor,
+    ssl: openssl::ssl::SslAcceptor,
+    mtls: bool,
     slot: &Slot,
     io: Timed<TcpStream>,
 ) -> Option<TlsStream<Timed<TcpStream>>> {
     let peer = io.info.peer;
-    let built = tls.current();
-    let mut acceptor = Acceptor::new(built.acceptor.clone());
+    let mut acceptor = Acceptor::new(ssl);
     acceptor.set_handshake_timeout(state.config.limits.header_timeout);
     let service = ServiceFactory::<Timed<TcpStream>>::new_service(&acceptor, ()).await.ok()?;
     crate::tls::take_rejection();
@@ -211,7 +258,8 @@ async fn handshake(
     };
     match result {
         Ok(stream) => {
-            if tls.mtls() {
+            stream.get_ref().info.encrypted.set(true);
+            if mtls {
                 // The handshake required and verified it; no certificate
                 // here would be an OpenSSL bug, and is refused like one.
                 let identity = client_cert::identity(&*stream.ssl().peer_certificate()?);
@@ -228,7 +276,7 @@ async fn handshake(
             let recorded = crate::tls::take_rejection();
             let no_cert =
                 e.ssl_error().is_some_and(|s| s.errors().iter().any(|x| x.reason_code() == NO_PEER_CERT));
-            match recorded.or((tls.mtls() && no_cert).then_some(Reason::ClientCertMissing)) {
+            match recorded.or((mtls && no_cert).then_some(Reason::ClientCertMissing)) {
                 Some(reason) => {
                     state.telemetry.auth_failure(reason);
                     state.refusal_log.log(|| format!("refused TLS client {peer}: {}", reason.label()));

@@ -8,6 +8,7 @@
 
 mod conn;
 mod routes;
+mod settings;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -59,6 +60,9 @@ pub struct Listener {
     /// As bound.
     bound: std::sync::OnceLock<SocketAddr>,
     pub tls: Option<Arc<tls::Acceptor>>,
+    /// The general listener's TLS when it follows the device's
+    /// (`follow_device_tls`).
+    pub device_tls: Option<Arc<tls::DeviceTls>>,
     pub serves_metrics: bool,
 }
 
@@ -68,10 +72,25 @@ impl Listener {
     }
 
     fn tls_label(&self) -> &'static str {
-        match &self.tls {
-            None => "none",
-            Some(t) if t.mtls() => "mtls",
-            Some(_) => "tls",
+        use tls::device::Serving;
+        match (&self.tls, &self.device_tls) {
+            (Some(t), _) if t.mtls() => "mtls",
+            (Some(_), _) => "tls",
+            (None, Some(d)) => match d.serving() {
+                Serving::Off => "none",
+                Serving::Tls(_) => "tls",
+                Serving::Pending(_) => "pending",
+            },
+            (None, None) => "none",
+        }
+    }
+
+    /// Whether this listener may answer in clear now: never while it
+    /// follows a device whose TLS is on (or wanted, certificates pending).
+    async fn clear_allowed(&self, state: &State) -> bool {
+        match &self.device_tls {
+            None => true,
+            Some(_) => state.auth.device().tls_mode().await == crate::device::TlsMode::Off,
         }
     }
 }
@@ -97,6 +116,9 @@ impl State {
             addr: config.listen_addr,
             bound: Default::default(),
             tls: None,
+            device_tls: config
+                .follow_device_tls
+                .then(|| Arc::new(tls::DeviceTls::new(config.device_tls_dir.clone()))),
             serves_metrics: config.metrics_service.is_none(),
         })];
         if let Some(ms) = &config.metrics_service {
@@ -110,6 +132,7 @@ impl State {
                 addr: ms.listen_addr,
                 bound: Default::default(),
                 tls,
+                device_tls: None,
                 serves_metrics: true,
             }));
         }
@@ -251,12 +274,26 @@ pub async fn serve(state: Arc<State>, sockets: Vec<std::net::TcpListener>) -> Re
     let graceful = builder.graceful_shutdown_signal();
     for (l, socket) in state.listeners.iter().zip(sockets) {
         let addr = l.address();
-        let scheme = if l.tls.is_some() { "https" } else { "http" };
-        let routes = if l.serves_metrics { "/, /healthz, /metrics" } else { "/, /healthz" };
-        log::info!("listening on {scheme}://{addr} ({}, tls {}: {routes})", l.role.label(), l.tls_label());
-        if l.serves_metrics && l.tls.is_none() && state.auth.device_password_enabled() {
+        if let Some(d) = &l.device_tls {
+            // The device's TLS as of start (logged if it is on).
+            d.current(&state.auth.device().tls_mode().await);
+        }
+        let scheme = if l.tls_label() == "none" { "http" } else { "https" };
+        let routes = match (l.role, l.serves_metrics) {
+            (Role::General, true) => "/, /healthz, /settings, /metrics",
+            (Role::General, false) => "/, /healthz, /settings",
+            (Role::MetricsService, _) => "/, /healthz, /metrics",
+        };
+        let follows = if l.device_tls.is_some() { ", following the device's" } else { "" };
+        log::info!(
+            "listening on {scheme}://{addr} ({}, tls {}{follows}: {routes})",
+            l.role.label(),
+            l.tls_label()
+        );
+        if l.serves_metrics && l.tls_label() == "none" && state.auth.device_password_enabled() {
+            let until = if l.device_tls.is_some() { " until the device's TLS is turned on" } else { "" };
             log::warn!(
-                "{addr} is plain HTTP: a device password sent with basic auth crosses the network in clear"
+                "{addr} is plain HTTP: a device password sent with basic auth crosses the network in clear{until}"
             );
         }
         builder = conn::listen(builder, socket, state.clone(), l.clone(), graceful.clone())

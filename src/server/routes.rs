@@ -17,12 +17,16 @@ use actix_web::middleware::{from_fn, Compress, Next};
 use actix_web::{web, App, Error, HttpResponse};
 
 use super::conn::ConnInfo;
-use super::{Listener, State};
+use super::{settings, Listener, Role, State};
 use crate::auth::{self, Outcome, Reason};
 use crate::metrics::{self, Families, Kind};
 use crate::telemetry::HttpError;
+use crate::tls::device::Serving;
 
 const LANDING: &str = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>JetKVM metrics</title></head>\n\
+<body><h1>JetKVM metrics</h1><p><a href=\"/metrics\">Metrics</a> (authentication required)</p>\n\
+<p><a href=\"/settings\">Settings</a>: the metrics token, TLS, Prometheus jobs (sign in to the device first)</p></body></html>\n";
+const LANDING_METRICS_SERVICE: &str = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>JetKVM metrics</title></head>\n\
 <body><h1>JetKVM metrics</h1><p><a href=\"/metrics\">Metrics</a> (authentication required)</p></body></html>\n";
 
 /// The routes of one listener.
@@ -39,12 +43,27 @@ pub fn app(
     >,
 > {
     let serves_metrics = listener.serves_metrics;
+    let general = listener.role == Role::General;
     App::new()
         .app_data(web::Data::from(state))
         .app_data(web::Data::from(listener))
         .wrap(from_fn(request))
         .route("/", web::to(landing))
         .route("/healthz", web::to(healthz))
+        .configure(move |cfg| {
+            if general {
+                cfg.service(
+                    web::scope("/settings")
+                        .wrap(from_fn(settings::page_headers))
+                        .app_data(
+                            web::FormConfig::default().limit(settings::FORM_LIMIT).error_handler(bad_form),
+                        )
+                        .route("", web::get().to(settings::page))
+                        .route("/token", web::post().to(settings::token_action))
+                        .route("/ca.crt", web::get().to(settings::ca)),
+                );
+            }
+        })
         .configure(move |cfg| {
             if serves_metrics {
                 cfg.service(
@@ -60,7 +79,7 @@ pub fn app(
         .default_service(web::to(not_found))
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
+pub(super) fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status).content_type("text/plain; charset=utf-8").body(body.into())
 }
 
@@ -68,8 +87,19 @@ fn state(req: &ServiceRequest) -> web::Data<State> {
     req.app_data::<web::Data<State>>().cloned().expect("the App carries the state")
 }
 
+/// The methods a path answers.
+fn allowed_methods(path: &str) -> &'static str {
+    if path == "/settings/token" {
+        "POST"
+    } else {
+        "GET, HEAD"
+    }
+}
+
 /// Every request: marks its connection busy while it is handled, refuses
-/// heads over the configured limits and methods other than GET and HEAD.
+/// heads over the configured limits, plain HTTP while the listener serves
+/// the device's TLS (before any credential is looked at), and methods the
+/// path does not answer.
 async fn request(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -82,10 +112,28 @@ async fn request(
         r.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
         return Ok(req.into_response(r).map_into_right_body());
     }
-    if req.method() != HttpMethod::GET && req.method() != HttpMethod::HEAD {
+    let encrypted = req.conn_data::<Rc<ConnInfo>>().is_some_and(|c| c.encrypted.get());
+    let listener = req.app_data::<web::Data<Listener>>().cloned().expect("the App carries its listener");
+    // Checked per request: a keep-alive connection opened while the
+    // device's TLS was off gets nothing once it is on.
+    if !encrypted && req.path() != "/healthz" && !listener.clear_allowed(&state).await {
+        state.telemetry.http_error(HttpError::PlainHttp);
+        let mut r = text(
+            StatusCode::BAD_REQUEST,
+            "the device's TLS is on: this port answers over HTTPS only (https:// and the same port)\n",
+        );
+        r.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+        return Ok(req.into_response(r).map_into_right_body());
+    }
+    let allowed = allowed_methods(req.path());
+    let method_ok = match allowed {
+        "POST" => req.method() == HttpMethod::POST,
+        _ => req.method() == HttpMethod::GET || req.method() == HttpMethod::HEAD,
+    };
+    if !method_ok {
         state.telemetry.bad_request();
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
         return Ok(req.into_response(r).map_into_right_body());
     }
     let mut res = next.call(req).await?;
@@ -116,29 +164,55 @@ async fn authenticate(
             .into_response(text(StatusCode::INTERNAL_SERVER_ERROR, "no connection\n"))
             .map_into_right_body());
     };
-    let values = |name| req.headers().get_all(name).map(HeaderValue::as_bytes).collect::<Vec<&[u8]>>();
-    let (authorization, cookies) = (values(header::AUTHORIZATION), values(header::COOKIE));
-    let request = auth::Request {
-        authorization: &authorization,
-        cookies: &cookies,
-        peer: conn.peer.ip(),
-        client_cert: conn.client_cert.get().map(String::as_str),
-    };
-    let outcome = state.auth.decide(&request).await;
+    let (authorization, cookies) = credential_headers(req.headers());
+    let outcome = state.auth.decide(&auth_request(&authorization, &cookies, &conn)).await;
     let refusal = match outcome {
         Outcome::Allow(method) => {
             state.telemetry.auth_success(method);
             state.telemetry.scrape();
             return Ok(next.call(req).await?.map_into_left_body());
         }
-        Outcome::Deny(reason) => refuse(&state, reason, conn.peer),
-        Outcome::Limited(retry) => limited(&state, retry, conn.peer),
+        Outcome::Deny(reason) => refuse(&state, "/metrics", reason, conn.peer),
+        Outcome::Limited(retry) => limited(&state, "/metrics", retry, conn.peer),
     };
     Ok(req.into_response(refusal).map_into_right_body())
 }
 
-async fn landing() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(LANDING)
+/// Every `Authorization` and `Cookie` header value, as sent.
+pub(super) fn credential_headers(h: &header::HeaderMap) -> (Vec<&[u8]>, Vec<&[u8]>) {
+    let values = |name| h.get_all(name).map(HeaderValue::as_bytes).collect();
+    (values(header::AUTHORIZATION), values(header::COOKIE))
+}
+
+/// What the auth decision sees of a request: plain values.
+pub(super) fn auth_request<'a>(
+    authorization: &'a [&'a [u8]],
+    cookies: &'a [&'a [u8]],
+    conn: &'a ConnInfo,
+) -> auth::Request<'a> {
+    auth::Request {
+        authorization,
+        cookies,
+        peer: conn.peer.ip(),
+        client_cert: conn.client_cert.get().map(String::as_str),
+    }
+}
+
+async fn landing(listener: web::Data<Listener>) -> HttpResponse {
+    let page = if listener.role == Role::General { LANDING } else { LANDING_METRICS_SERVICE };
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page)
+}
+
+/// A settings form that does not parse (or is too large): counted.
+fn bad_form(err: actix_web::error::UrlencodedError, req: &actix_web::HttpRequest) -> Error {
+    if let Some(state) = req.app_data::<web::Data<State>>() {
+        state.telemetry.bad_request();
+    }
+    let status = match err {
+        actix_web::error::UrlencodedError::Overflow { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    actix_web::error::InternalError::from_response(err, text(status, "bad form\n")).into()
 }
 
 async fn healthz() -> HttpResponse {
@@ -158,10 +232,18 @@ async fn moved(state: web::Data<State>) -> HttpResponse {
 /// Gathers the registry (collectors and counters) and the exporter's own
 /// state, and encodes them; gzip is the `Compress` middleware's.
 async fn scrape(state: web::Data<State>) -> HttpResponse {
+    // The device's TLS as of now, for listener_info, even if no connection
+    // has reached the general listener since it changed.
+    for l in &state.listeners {
+        if let Some(d) = &l.device_tls {
+            d.current(&state.auth.device().tls_mode().await);
+        }
+    }
     let mut families = state.registry.gather();
     let mut own = Families::new();
     write_exporter_state(&state, &mut own);
-    families.extend(own.into_vec());
+    // The encoder refuses a family without samples (no certificate yet).
+    families.extend(own.into_vec().into_iter().filter(|f| !f.get_metric().is_empty()));
     families.sort_by(|a, b| a.name().cmp(b.name()));
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
@@ -179,30 +261,42 @@ fn write_exporter_state(state: &State, out: &mut Families) {
     );
     let mut f = out.family(
         "jetkvm_exporter_listener_info",
-        "A listener of this exporter: its role and TLS mode (none, tls, mtls); always 1.",
+        "A listener of this exporter: its role and TLS mode (none, tls, mtls, or pending: the device wants TLS and has no certificate yet, so plain HTTP is refused); always 1.",
         Kind::Gauge,
     );
     for l in &state.listeners {
         let addr = l.address().to_string();
         f.sample(&[("listener", l.role.label()), ("address", &addr), ("tls", l.tls_label())], 1.0);
     }
-    let tls: Vec<_> = state.listeners.iter().filter_map(|l| l.tls.as_ref().map(|t| (l.role, t))).collect();
+    // What each TLS listener serves: (role, last reload ok, certificates).
+    let mut tls = Vec::new();
+    for l in &state.listeners {
+        if let Some(t) = &l.tls {
+            tls.push((l.role, t.reload_ok(), t.serving().not_after.clone()));
+        } else if let Some(d) = &l.device_tls {
+            match d.serving() {
+                Serving::Tls(b) => tls.push((l.role, d.reload_ok(), b.not_after.clone())),
+                Serving::Pending(_) => tls.push((l.role, d.reload_ok(), Vec::new())),
+                Serving::Off => {}
+            }
+        }
+    }
     if !tls.is_empty() {
         let mut f = out.family(
             "jetkvm_exporter_tls_reload_success",
             "Whether the last load of a listener's certificate, key and CA files succeeded (0: still serving the previous ones).",
             Kind::Gauge,
         );
-        for (role, t) in &tls {
-            f.sample(&[("listener", role.label())], if t.reload_ok() { 1.0 } else { 0.0 });
+        for (role, ok, _) in &tls {
+            f.sample(&[("listener", role.label())], if *ok { 1.0 } else { 0.0 });
         }
         let mut f = out.family(
             "jetkvm_exporter_tls_certificate_not_after_seconds",
             "Expiry of a served certificate, in seconds since the Unix epoch.",
             Kind::Gauge,
         );
-        for (_, t) in &tls {
-            for (file, not_after) in &t.serving().not_after {
+        for (_, _, not_after) in &tls {
+            for (file, not_after) in not_after {
                 f.sample(&[("cert_file", &file.to_string_lossy())], *not_after as f64);
             }
         }
@@ -215,9 +309,9 @@ fn write_exporter_state(state: &State, out: &mut Families) {
     );
 }
 
-fn refuse(state: &State, reason: Reason, peer: SocketAddr) -> HttpResponse {
+pub(super) fn refuse(state: &State, path: &str, reason: Reason, peer: SocketAddr) -> HttpResponse {
     state.telemetry.auth_failure(reason);
-    state.refusal_log.log(|| format!("refused /metrics from {peer}: {}", reason.label()));
+    state.refusal_log.log(|| format!("refused {path} from {peer}: {}", reason.label()));
     match reason {
         Reason::MalformedAuthorization | Reason::MalformedCookie => {
             text(StatusCode::BAD_REQUEST, "bad request\n")
@@ -236,9 +330,9 @@ fn refuse(state: &State, reason: Reason, peer: SocketAddr) -> HttpResponse {
     }
 }
 
-fn limited(state: &State, retry: Duration, peer: SocketAddr) -> HttpResponse {
+pub(super) fn limited(state: &State, path: &str, retry: Duration, peer: SocketAddr) -> HttpResponse {
     state.telemetry.auth_failure(Reason::RateLimited);
-    state.refusal_log.log(|| format!("refused /metrics from {peer}: {}", Reason::RateLimited.label()));
+    state.refusal_log.log(|| format!("refused {path} from {peer}: {}", Reason::RateLimited.label()));
     let mut r = text(StatusCode::TOO_MANY_REQUESTS, "too many failed attempts, retry later\n");
     let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

@@ -8,7 +8,8 @@ metrics token (credentials_file), a wrong password, and mTLS against the
 metrics service (with a client certificate). Checks through Prometheus's
 HTTP API, changes the device password inside the board (in place, as the
 device does), kills the daemon with SIGKILL and watches it come back,
-checks that the system log stays bounded under a flood of refusals, enables
+turns the device's TLS on and off (the general port follows it), checks that
+the system log stays bounded under a flood of refusals, enables
 the mTLS metrics service and restarts the daemon through its init script,
 checks that the init script says FAIL when the daemon cannot start and OK
 when /var/log cannot be written, and shuts the board down cleanly.
@@ -18,10 +19,12 @@ On failure the board's console log is copied to out/artifacts/.
 """
 
 import base64
+import http.client
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -68,6 +71,38 @@ def http_status(url, headers=None):
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+def https_status(port, path, headers, cafile, server_name):
+    """Status of one HTTPS request verified against `cafile` for `server_name`
+    (sent as SNI), or None if the TLS handshake fails."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+                conn = http.client.HTTPConnection(server_name)
+                conn.sock = tls
+                conn.request("GET", path, headers=headers)
+                return conn.getresponse().status
+    except (ssl.SSLError, ConnectionError):
+        return None
+
+
+def device_certificates(work):
+    """The device's self-signed TLS as it keeps it: a CA and a leaf for its
+    default host, the leaf's chain including the CA."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=work)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "__ca__.key", "-out", "__ca__.crt", "-subj", "/CN=JetKVM CA", "-days", "30")
+    run("req", *ec, "-keyout", "jetkvm.local.key", "-out", "leaf.csr", "-subj", "/CN=jetkvm.local")
+    with open(f"{work}/san.ext", "w") as f:
+        f.write("subjectAltName=DNS:jetkvm.local\n")
+    run("x509", "-req", "-in", "leaf.csr", "-CA", "__ca__.crt", "-CAkey", "__ca__.key", "-CAcreateserial",
+        "-out", "leaf.crt", "-days", "10", "-extfile", "san.ext")
+    read = lambda name: open(f"{work}/{name}").read().strip()
+    return {"__ca__.crt": read("__ca__.crt"), "jetkvm.local.crt": read("leaf.crt") + "\n" + read("__ca__.crt"),
+            "jetkvm.local.key": read("jetkvm.local.key")}
 
 
 def basic(password):
@@ -260,6 +295,29 @@ def main():
         back = time.monotonic() - killed
         check("board: daemon back within 5 s of kill -9", back < 5, f"{back:.1f}s")
         check("board: a new daemon process", board.sh("cat /var/run/jetkvm-metrics.pid").strip() != pid)
+
+        # The device turns its TLS on (self-signed): port 3080 follows, no
+        # restart; nothing answers in clear until the device has issued its
+        # certificate, then HTTPS with it; off again, plain HTTP returns.
+        device = lambda tls_mode: json.dumps({"localAuthMode": "password", "hashed_password": hashed,
+                                              "local_auth_token": "", "tls_mode": tls_mode}, indent=2)
+        board.sh(f"printf '%s\\n' '{device('self-signed')}' > /userdata/kvm_config.json")
+        check("board: device TLS on, certificates pending: plain HTTP refused", http_status(url, token) == 400)
+        certs = device_certificates(work)
+        board.sh("mkdir -p /userdata/jetkvm/tls")
+        for name in ("__ca__.crt", "jetkvm.local.key", "jetkvm.local.crt"):
+            board.sh(f"printf '%s\\n' '{certs[name]}' > /userdata/jetkvm/tls/{name}")
+        cafile = f"{work}/__ca__.crt"
+        status = until("HTTPS with the device's certificate",
+                       lambda: https_status(board.http, "/metrics", token, cafile, "jetkvm.local"), 30)
+        check("board: HTTPS on the same port with the device's certificate", status == 200, str(status))
+        check("board: plain HTTP still refused with TLS on", http_status(url, token) == 400)
+        check("board: settings page over HTTPS with the device password",
+              https_status(board.http, "/settings", basic(new), cafile, "jetkvm.local") == 200)
+        board.sh(f"printf '%s\\n' '{device('')}' > /userdata/kvm_config.json")
+        check("board: device TLS off: plain HTTP again", http_status(url, token) == 200)
+        check("board: and no TLS", https_status(board.http, "/metrics", token, cafile, "jetkvm.local") is None)
+        until("token job up again", lambda: prom.up("token") == 1, 30)
 
         # Logs are bounded: the daemon logs to syslogd's fixed ring buffer,
         # never to a file in /var/log (RAM on the device). Fill the buffer

@@ -82,7 +82,9 @@ fn torn_writes_never_let_a_request_through() {
     }
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    assert!(n > 30, "only {n} requests");
+    // Each request here reads a file being rewritten, twice (whether the
+    // device's TLS is on, then the credential), with the retry pauses.
+    assert!(n > 10, "only {n} requests");
     // Settled on a good file: the right password works again.
     rewrite_in_place(&d.device_config(), &password_mode(&hash("one", Version::TwoA, 4), ""));
     assert_eq!(d.get("/metrics", &[("Authorization", &basic("", "one"))]).status, 200);

@@ -13,6 +13,8 @@ mod cli;
 mod collectors;
 /// The device config changing, torn and vanishing under a running daemon.
 mod device_state;
+/// The general listener following the device's TLS while it changes.
+mod device_tls;
 /// Files vanishing and torn under load, SIGHUP storms.
 mod faults;
 /// Hostile input on every listener: malformed credentials, framing, TLS garbage.
@@ -23,6 +25,8 @@ mod http;
 mod load;
 /// The per-client failure limiter and a wrong-password flood.
 mod ratelimit;
+/// The settings page: who sees it, the token from the browser's side, CSRF.
+mod settings;
 /// The metrics service: HTTPS, mTLS, SNI, rotation, invalid configurations.
 mod tls;
 /// The read-only metrics token: new, rotate, revoke, device-independent.

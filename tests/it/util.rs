@@ -59,6 +59,12 @@ pub fn password_mode(hash: &str, session: &str) -> String {
     )
 }
 
+/// Password mode with the device's TLS in `tls_mode` (`""`, `self-signed`,
+/// `custom`).
+pub fn password_mode_tls(hash: &str, session: &str, tls_mode: &str) -> String {
+    password_mode(hash, session).replace("\"tls_mode\": \"\"", &format!("\"tls_mode\": \"{tls_mode}\""))
+}
+
 pub fn no_password_mode() -> String {
     "{\n  \"localAuthMode\": \"noPassword\",\n  \"hashed_password\": \"\",\n  \"local_auth_token\": \"\"\n}\n"
         .into()
@@ -100,6 +106,11 @@ impl Daemon {
         }
         if !extra.contains("sys_root") {
             roots.push_str(&format!("sys_root = \"{}\"\n", fixtures().join("sys").display()));
+        }
+        // The device's TLS directory: this daemon's own, never the host's.
+        if !extra.contains("device_tls_dir") {
+            std::fs::create_dir_all(dir.path("tls")).unwrap();
+            roots.push_str(&format!("device_tls_dir = \"{}\"\n", dir.path("tls").display()));
         }
         let config = format!(
             "listen_addr = \"127.0.0.1:0\"\ndevice_config = \"{}\"\ntoken_file = \"{}\"\n{filesystems}{roots}{extra}",
@@ -251,6 +262,22 @@ pub fn request(host: &str, path: &str, headers: &[(&str, &str)]) -> String {
     }
     req.push_str("\r\n");
     req
+}
+
+/// A form POST (`application/x-www-form-urlencoded`) that closes the
+/// connection after the answer.
+pub fn post_form(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw(addr, req.as_bytes())
 }
 
 pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {

@@ -1,7 +1,8 @@
 //! TLS for the metrics service: building OpenSSL acceptors from the
 //! configured keypairs and CAs, choosing a keypair by SNI, and re-reading
 //! the files when they change. It owns certificates and handshake policy;
-//! which client identities are accepted is `auth::client_cert`.
+//! which client identities are accepted is `auth::client_cert`. The general
+//! listener's TLS, which follows the device's own, is `device`.
 //!
 //! Policy: TLS 1.2 minimum (TLS 1.3 preferred by OpenSSL), Mozilla's
 //! intermediate ciphers, no renegotiation. With mTLS, a client must present
@@ -35,6 +36,10 @@ use openssl::x509::{X509Name, X509};
 use crate::auth::{client_cert, Reason};
 use crate::config::{io_reason, MetricsService};
 use crate::watch::Stamp;
+
+pub mod device;
+
+pub use device::DeviceTls;
 
 thread_local! {
     /// Why the last client certificate was refused on this thread. The
@@ -198,8 +203,7 @@ fn certs(key: &str, path: &Path) -> Result<Vec<X509>, String> {
     }
 }
 
-fn private_key(path: &Path) -> Result<PKey<Private>, String> {
-    let key = "metrics_service.keypairs.key_file";
+fn private_key(key: &str, path: &Path) -> Result<PKey<Private>, String> {
     let pem = read(key, path)?;
     PKey::private_key_from_pem(&pem)
         .map_err(|e| format!("key \"{key}\": {}: not a PEM private key: {}", path.display(), short(&e)))
@@ -236,17 +240,26 @@ fn name_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
+/// Client certificates a context requires: verified against `cas`, with
+/// one of `allowed` SANs if that is not empty.
+struct Mtls<'a> {
+    cas: &'a [X509],
+    allowed: &'a [String],
+}
+
+/// Contexts chosen by SNI: the names each serves.
+type ByName = Vec<(Vec<String>, SslContext)>;
+
 fn context(
-    c: &MetricsService,
     chain: &[X509],
     key: &PKey<Private>,
-    cas: &[X509],
-    sni: Option<Vec<(Vec<String>, SslContext)>>,
+    mtls: Option<Mtls<'_>>,
+    sni: Option<ByName>,
 ) -> Result<SslAcceptor, openssl::error::ErrorStack> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     b.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE);
-    if c.mtls {
+    if mtls.is_some() {
         // No resumption: every connection verifies a certificate against
         // the CAs of now. The context id is set as OpenSSL requires when
         // peers are verified, and no ticket or cached session is made.
@@ -261,7 +274,7 @@ fn context(
     }
     b.set_private_key(key)?;
     b.check_private_key()?;
-    if c.mtls {
+    if let Some(Mtls { cas, allowed }) = mtls {
         let mut store = X509StoreBuilder::new()?;
         let mut names = Stack::<X509Name>::new()?;
         for ca in cas {
@@ -270,7 +283,7 @@ fn context(
         }
         b.set_verify_cert_store(store.build())?;
         b.set_client_ca_list(names);
-        let allowed = c.client_allowed_sans.clone();
+        let allowed = allowed.to_vec();
         b.set_verify_callback(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT, move |ok, ctx| {
             if !ok {
                 reject(Reason::ClientCertInvalid);
@@ -317,7 +330,7 @@ fn load_pairs(c: &MetricsService) -> Result<Vec<Pair>, String> {
     let mut pairs = Vec::new();
     for kp in &c.keypairs {
         let chain = certs("metrics_service.keypairs.cert_file", &kp.cert_file)?;
-        let key = private_key(&kp.key_file)?;
+        let key = private_key("metrics_service.keypairs.key_file", &kp.key_file)?;
         let matches = chain[0].public_key().map(|p| p.public_eq(&key)).unwrap_or(false);
         if !matches {
             return Err(format!(
@@ -337,14 +350,15 @@ fn build(c: &MetricsService, pairs: &[Pair], cas: &[X509]) -> Result<Built, Stri
     };
     // Every keypair but the first gets its own context for SNI; the first
     // is the default and holds the SNI callback.
+    let mtls = || c.mtls.then_some(Mtls { cas, allowed: &c.client_allowed_sans });
     let mut by_name = Vec::new();
     for p in pairs.iter().skip(1) {
-        let ctx = context(c, &p.chain, &p.key, cas, None).map_err(|e| err(p, e))?.into_context();
+        let ctx = context(&p.chain, &p.key, mtls(), None).map_err(|e| err(p, e))?.into_context();
         by_name.push((dns_names(&p.chain[0]), ctx));
     }
     let first = pairs.first().ok_or("key \"metrics_service.keypairs\": no keypair")?;
     let sni = (!by_name.is_empty()).then_some(by_name);
-    let acceptor = context(c, &first.chain, &first.key, cas, sni).map_err(|e| err(first, e))?;
+    let acceptor = context(&first.chain, &first.key, mtls(), sni).map_err(|e| err(first, e))?;
     let not_after = pairs.iter().map(|p| (p.cert_file.clone(), unix_time(p.chain[0].not_after()))).collect();
     Ok(Built { acceptor, not_after })
 }

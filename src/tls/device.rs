@@ -1,0 +1,281 @@
+//! The general listener's TLS, following the device's own (`tls_mode` in
+//! the device's config, certificates under `device_tls_dir`):
+//! - `custom`: `user-defined.crt` and `.key`;
+//! - `self-signed`: a leaf `<host>.crt`/`.key` per host name, issued by the
+//!   device's CA `__ca__.crt` when a host is first asked for. A client's
+//!   SNI picks the leaf of that name; without SNI (or for a name with no
+//!   leaf yet) the default host's, `jetkvm.local`, else the first by name.
+//!
+//! The files are stat'ed when a connection arrives (the directory too, for
+//! leaves the device adds) and rebuilt when they change. A changed file
+//! that does not load leaves the previous certificates serving, as the
+//! metrics service does. While the device wants TLS and no certificate of
+//! its mode is usable (self-signed before the device has issued one), the
+//! state is `Pending`: the listener refuses to answer in clear.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use openssl::x509::X509;
+
+use super::{certs, context, dns_names, private_key, short, unix_time, ByName, RETRY_FAILED};
+use crate::device::TlsMode;
+use crate::watch::Stamp;
+
+/// The device's self-signed CA, which Prometheus can use as `ca_file`.
+pub const CA_NAME: &str = "__ca__";
+/// The `custom` mode's certificate.
+pub const CUSTOM_NAME: &str = "user-defined";
+/// The host name the device issues its first certificate for.
+pub const DEFAULT_HOST: &str = "jetkvm.local";
+
+/// What the general listener does now.
+#[derive(Clone)]
+pub enum Serving {
+    /// The device's TLS is off: plain HTTP.
+    Off,
+    /// HTTPS with the device's certificates.
+    Tls(Arc<Built>),
+    /// The device wants TLS but none of its certificates is usable yet.
+    Pending(TlsMode),
+}
+
+/// One build from the device's files.
+pub struct Built {
+    pub mode: TlsMode,
+    pub acceptor: openssl::ssl::SslAcceptor,
+    /// `(cert_file, not_after as Unix seconds)` for each certificate served.
+    pub not_after: Vec<(PathBuf, i64)>,
+    /// The host names served, the default first.
+    pub hosts: Vec<String>,
+    /// The CA a client can verify these certificates with, as PEM.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+struct State {
+    mode: TlsMode,
+    stamp: Stamp,
+    serving: Serving,
+    failed: Option<(Stamp, Instant)>,
+    reload_ok: bool,
+}
+
+pub struct DeviceTls {
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+impl DeviceTls {
+    pub fn new(dir: PathBuf) -> DeviceTls {
+        DeviceTls {
+            dir,
+            state: Mutex::new(State {
+                mode: TlsMode::Off,
+                stamp: Stamp::default(),
+                serving: Serving::Off,
+                failed: None,
+                reload_ok: true,
+            }),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What is served now, without looking at the files.
+    pub fn serving(&self) -> Serving {
+        self.lock().serving.clone()
+    }
+
+    /// Whether the last load of changed files succeeded.
+    pub fn reload_ok(&self) -> bool {
+        self.lock().reload_ok
+    }
+
+    /// What to serve for a new connection while the device's mode is
+    /// `mode`, rebuilt first if the mode or the files changed.
+    pub fn current(&self, mode: &TlsMode) -> Serving {
+        let files = self.files(mode);
+        let now_stamp = Stamp::of(files.iter().map(PathBuf::as_path));
+        let mut s = self.lock();
+        let same_mode = s.mode == *mode;
+        if same_mode && s.stamp.still(&now_stamp) {
+            return s.serving.clone();
+        }
+        if let Some((failed, at)) = &s.failed {
+            if same_mode && *failed == now_stamp && at.elapsed() < RETRY_FAILED {
+                return s.serving.clone();
+            }
+        }
+        let loaded = match mode {
+            TlsMode::Off => Ok(None),
+            TlsMode::Custom => self.custom().map(Some),
+            TlsMode::SelfSigned => self.self_signed().map(Some),
+            TlsMode::Unknown(m) => Err(format!("tls_mode {m:?} is not one this daemon knows")),
+        };
+        let previous = match &s.serving {
+            Serving::Tls(b) if same_mode => Some(b.clone()),
+            _ => None,
+        };
+        let (serving, problem) = match (loaded, previous) {
+            (Ok(None), _) => (Serving::Off, None),
+            (Ok(Some(b)), _) => (Serving::Tls(Arc::new(b)), None),
+            (Err(e), Some(b)) => {
+                (Serving::Tls(b), Some(format!("{e}; still serving the previous certificates")))
+            }
+            (Err(e), None) => {
+                (Serving::Pending(mode.clone()), Some(format!("{e}; refusing to serve in clear until it is")))
+            }
+        };
+        let changed_kind =
+            std::mem::discriminant(&serving) != std::mem::discriminant(&s.serving) || !same_mode;
+        match (&problem, &serving) {
+            (Some(p), _) => {
+                if s.failed.as_ref().map(|(f, _)| f != &now_stamp).unwrap_or(true) || !same_mode {
+                    log::warn!("device TLS ({}): {p}", mode.label());
+                }
+            }
+            (None, Serving::Tls(b)) => {
+                // A rebuild of the same files (a recent write is re-read
+                // until it settles) is not news.
+                let same = match &s.serving {
+                    Serving::Tls(old) => {
+                        old.mode == b.mode && old.hosts == b.hosts && old.not_after == b.not_after
+                    }
+                    _ => false,
+                };
+                if !same {
+                    log::info!("device TLS ({}): serving HTTPS for {}", mode.label(), b.hosts.join(", "))
+                }
+            }
+            (None, _) if changed_kind => log::info!("device TLS off: plain HTTP"),
+            (None, _) => {}
+        }
+        s.reload_ok = problem.is_none();
+        s.failed = problem.map(|_| (now_stamp.clone(), Instant::now()));
+        s.mode = mode.clone();
+        s.stamp = now_stamp;
+        s.serving = serving;
+        s.serving.clone()
+    }
+
+    /// The files a mode's certificates live in, the directory first (its
+    /// time changes when the device adds a leaf).
+    fn files(&self, mode: &TlsMode) -> Vec<PathBuf> {
+        match mode {
+            TlsMode::Custom => vec![self.pem(CUSTOM_NAME, "crt"), self.pem(CUSTOM_NAME, "key")],
+            TlsMode::SelfSigned => {
+                let mut v = vec![self.dir.clone(), self.pem(CA_NAME, "crt")];
+                for host in self.leaf_names() {
+                    v.push(self.pem(&host, "crt"));
+                    v.push(self.pem(&host, "key"));
+                }
+                v
+            }
+            TlsMode::Off | TlsMode::Unknown(_) => Vec::new(),
+        }
+    }
+
+    fn pem(&self, name: &str, ext: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{ext}"))
+    }
+
+    /// Host names with a `.crt` in the directory, sorted; the CA and the
+    /// custom certificate are not leaves of the self-signed mode.
+    fn leaf_names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".crt")).map(str::to_owned))
+            .filter(|n| n != CA_NAME && n != CUSTOM_NAME && !n.is_empty())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn pair(&self, name: &str) -> Result<(Vec<X509>, openssl::pkey::PKey<openssl::pkey::Private>), String> {
+        let chain = certs("device_tls_dir", &self.pem(name, "crt"))?;
+        let key = private_key("device_tls_dir", &self.pem(name, "key"))?;
+        if !chain[0].public_key().map(|p| p.public_eq(&key)).unwrap_or(false) {
+            return Err(format!(
+                "key \"device_tls_dir\": {}: does not match its certificate",
+                self.pem(name, "key").display()
+            ));
+        }
+        Ok((chain, key))
+    }
+
+    fn custom(&self) -> Result<Built, String> {
+        let (chain, key) = self.pair(CUSTOM_NAME)?;
+        let acceptor = context(&chain, &key, None, None).map_err(|e| self.build_error(CUSTOM_NAME, &e))?;
+        let hosts = dns_names(&chain[0]);
+        // The chain's last certificate: its issuer's, or itself if it is
+        // self-signed.
+        let ca_pem = chain.last().and_then(|c| c.to_pem().ok());
+        Ok(Built {
+            mode: TlsMode::Custom,
+            acceptor,
+            not_after: vec![(self.pem(CUSTOM_NAME, "crt"), unix_time(chain[0].not_after()))],
+            hosts,
+            ca_pem,
+        })
+    }
+
+    fn self_signed(&self) -> Result<Built, String> {
+        let mut names = self.leaf_names();
+        if names.is_empty() {
+            return Err(format!("key \"device_tls_dir\": {}: no certificate issued yet", self.dir.display()));
+        }
+        if let Some(i) = names.iter().position(|n| n == DEFAULT_HOST) {
+            let d = names.remove(i);
+            names.insert(0, d);
+        }
+        let mut pairs = Vec::new();
+        let mut problems = Vec::new();
+        for n in &names {
+            match self.pair(n) {
+                Ok(p) => pairs.push((n.clone(), p)),
+                // A leaf being written now; the others still serve.
+                Err(e) => problems.push(e),
+            }
+        }
+        let Some(((default_name, (chain, key)), rest)) = pairs.split_first() else {
+            return Err(problems.join("; "));
+        };
+        let mut by_name: ByName = Vec::new();
+        for (n, (c, k)) in rest {
+            let ctx = context(c, k, None, None).map_err(|e| self.build_error(n, &e))?.into_context();
+            let mut served = dns_names(&c[0]);
+            served.push(n.clone());
+            by_name.push((served, ctx));
+        }
+        let sni = (!by_name.is_empty()).then_some(by_name);
+        let acceptor = context(chain, key, None, sni).map_err(|e| self.build_error(default_name, &e))?;
+        for p in &problems {
+            log::warn!("device TLS (self-signed): {p}; serving the other certificates");
+        }
+        let ca_pem = X509::stack_from_pem(&std::fs::read(self.pem(CA_NAME, "crt")).unwrap_or_default())
+            .ok()
+            .and_then(|v| v.first().and_then(|c| c.to_pem().ok()));
+        Ok(Built {
+            mode: TlsMode::SelfSigned,
+            acceptor,
+            not_after: pairs
+                .iter()
+                .map(|(n, (c, _))| (self.pem(n, "crt"), unix_time(c[0].not_after())))
+                .collect(),
+            hosts: pairs.iter().map(|(n, _)| n.clone()).collect(),
+            ca_pem,
+        })
+    }
+
+    fn build_error(&self, name: &str, e: &openssl::error::ErrorStack) -> String {
+        format!("key \"device_tls_dir\": {}: {}", self.pem(name, "crt").display(), short(e))
+    }
+}
