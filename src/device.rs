@@ -202,7 +202,8 @@ pub struct DeviceState {
     load_ok: AtomicBool,
     /// The TLS mode of the last state that loaded: a torn or vanished file
     /// must not turn the device's TLS off (credentials in clear).
-    tls_mode: Mutex<TlsMode>,
+    /// `None` until a file has loaded.
+    tls_mode: Mutex<Option<TlsMode>>,
 }
 
 impl DeviceState {
@@ -212,15 +213,17 @@ impl DeviceState {
             cached: Mutex::new(Cached { key: None, trusted: false, state: Err(Unavailable::Missing) }),
             reloading: tokio::sync::Mutex::new(()),
             load_ok: AtomicBool::new(false),
-            tls_mode: Mutex::new(TlsMode::Off),
+            tls_mode: Mutex::new(None),
         }
     }
 
     /// The device's TLS mode as of now: the last mode read from a file that
-    /// loaded (off until one has).
+    /// loaded. Off until one has: the device's own credentials are refused
+    /// then anyway (nothing to check them against), and the token works
+    /// whatever the device's state, as on a device not set up.
     pub async fn tls_mode(&self) -> TlsMode {
         let _ = self.current().await;
-        self.tls_mode.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.tls_mode.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or(TlsMode::Off)
     }
 
     /// Whether the last load gave a usable state.
@@ -265,9 +268,9 @@ impl DeviceState {
         let mut c = self.lock();
         if let Ok(d) = &state {
             let mut tls = self.tls_mode.lock().unwrap_or_else(|p| p.into_inner());
-            if *tls != d.tls_mode {
+            if tls.as_ref() != Some(&d.tls_mode) {
                 log::info!("device config {}: TLS mode {}", self.path.display(), d.tls_mode.label());
-                *tls = d.tls_mode.clone();
+                *tls = Some(d.tls_mode.clone());
             }
         }
         let changed = match (&c.state, &state) {

@@ -59,8 +59,10 @@ pub fn app(
                             web::FormConfig::default().limit(settings::FORM_LIMIT).error_handler(bad_form),
                         )
                         .route("", web::get().to(settings::page))
+                        .route("", web::head().to(settings::page))
                         .route("/token", web::post().to(settings::token_action))
-                        .route("/ca.crt", web::get().to(settings::ca)),
+                        .route("/ca.crt", web::get().to(settings::ca))
+                        .route("/ca.crt", web::head().to(settings::ca)),
                 );
             }
         })

@@ -86,7 +86,7 @@ struct Visitor {
 }
 
 /// The settings decision, counted and logged; a refusal is the response.
-async fn admit(req: &HttpRequest, state: &State) -> Result<Visitor, HttpResponse> {
+async fn admit(req: &HttpRequest, state: &State, listener: &Listener) -> Result<Visitor, HttpResponse> {
     let Some(conn) = req.conn_data::<Rc<ConnInfo>>().cloned() else {
         return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "no connection\n"));
     };
@@ -95,6 +95,14 @@ async fn admit(req: &HttpRequest, state: &State) -> Result<Visitor, HttpResponse
     // would not take one here anyway.
     let request = auth_request(&authorization, &cookies, &conn);
     let refusal = match state.auth.decide_settings(&request).await {
+        (Outcome::Allow(Method::NoPassword), Some(_)) if !device_host(req, listener) => {
+            state.telemetry.auth_failure(Reason::CrossSiteRequest);
+            let peer = conn.peer;
+            state.refusal_log.log(|| {
+                format!("refused /settings from {peer}: {} (host)", Reason::CrossSiteRequest.label())
+            });
+            return Err(text(StatusCode::FORBIDDEN, "forbidden: open this page at the device's address\n"));
+        }
         (Outcome::Allow(method), Some(csrf)) => {
             state.telemetry.auth_success(method);
             return Ok(Visitor { method, csrf, conn });
@@ -115,7 +123,7 @@ async fn admit(req: &HttpRequest, state: &State) -> Result<Visitor, HttpResponse
 
 /// `GET /settings`.
 pub async fn page(req: HttpRequest, state: web::Data<State>, listener: web::Data<Listener>) -> HttpResponse {
-    match admit(&req, &state).await {
+    match admit(&req, &state, &listener).await {
         Ok(v) => render(&req, &state, &listener, &v, None).await,
         Err(r) => r,
     }
@@ -135,7 +143,7 @@ pub async fn token_action(
     listener: web::Data<Listener>,
     form: web::Form<TokenForm>,
 ) -> HttpResponse {
-    let v = match admit(&req, &state).await {
+    let v = match admit(&req, &state, &listener).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -204,11 +212,9 @@ async fn failed(
 }
 
 /// `GET /settings/ca.crt`: the CA that issued the device's certificates,
-/// for Prometheus' `ca_file`.
-pub async fn ca(req: HttpRequest, state: web::Data<State>, listener: web::Data<Listener>) -> HttpResponse {
-    if let Err(r) = admit(&req, &state).await {
-        return r;
-    }
+/// for Prometheus' `ca_file`. Public, as in every handshake: fetching it
+/// needs no credential, so none is sent before it is trusted.
+pub async fn ca(state: web::Data<State>, listener: web::Data<Listener>) -> HttpResponse {
     let pem = match &listener.device_tls {
         Some(d) => match d.current(&state.auth.device().tls_mode().await) {
             Serving::Tls(b) => b.ca_pem.clone(),
@@ -226,16 +232,43 @@ pub async fn ca(req: HttpRequest, state: web::Data<State>, listener: web::Data<L
 }
 
 /// The request's `Origin` (or, without one, its `Referer`) is this
-/// listener as the client reached it.
+/// listener as the client reached it. Over plain HTTP either scheme: a
+/// proxy in front may terminate TLS (`follow_device_tls = false`).
 fn same_origin(req: &HttpRequest, encrypted: bool) -> bool {
     let Some(host) = req.headers().get(header::HOST).map(HeaderValue::as_bytes) else { return false };
-    let origin = [if encrypted { &b"https://"[..] } else { &b"http://"[..] }, host].concat();
-    if let Some(o) = req.headers().get(header::ORIGIN) {
-        return o.as_bytes() == origin.as_slice();
+    let schemes: &[&[u8]] = if encrypted { &[b"https://"] } else { &[b"http://", b"https://"] };
+    schemes.iter().any(|scheme| {
+        let origin = [scheme, host].concat();
+        if let Some(o) = req.headers().get(header::ORIGIN) {
+            return o.as_bytes() == origin.as_slice();
+        }
+        match req.headers().get(header::REFERER).map(HeaderValue::as_bytes) {
+            Some(r) => r.starts_with(&origin) && r.get(origin.len()) == Some(&b'/'),
+            None => false,
+        }
+    })
+}
+
+/// In no-password mode the page opens for anyone who reaches it, so a
+/// site that rebinds its own name to the device's address could read and
+/// post it from a visitor's browser. There, only the names the device
+/// answers to are accepted as `Host`: an address, this system's host name
+/// (alone or `.local`), and the names of the device's certificates.
+fn device_host(req: &HttpRequest, listener: &Listener) -> bool {
+    let name = host_name(req);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost") {
+        return true;
     }
-    match req.headers().get(header::REFERER).map(HeaderValue::as_bytes) {
-        Some(r) => r.starts_with(&origin) && r.get(origin.len()) == Some(&b'/'),
-        None => false,
+    let system = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    if !system.is_empty()
+        && (name.eq_ignore_ascii_case(&system) || name.eq_ignore_ascii_case(&format!("{system}.local")))
+    {
+        return true;
+    }
+    match listener.device_tls.as_ref().map(|d| d.serving()) {
+        Some(Serving::Tls(b)) => b.hosts.iter().any(|h| h.eq_ignore_ascii_case(name)),
+        _ => name.eq_ignore_ascii_case(crate::tls::device::DEFAULT_HOST),
     }
 }
 
@@ -296,7 +329,7 @@ fn tls_state(l: &Listener, mode: &TlsMode) -> (String, bool, Option<String>) {
                     b.mode.label(),
                     b.hosts.join(", ")
                 );
-                (s, true, b.hosts.first().cloned())
+                (s, true, b.hosts.iter().find(|h| !h.contains('*')).cloned())
             }
             Serving::Pending(m) => (
                 format!(

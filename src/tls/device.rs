@@ -117,7 +117,9 @@ impl DeviceTls {
             TlsMode::Off => Ok(None),
             TlsMode::Custom => self.custom().map(Some),
             TlsMode::SelfSigned => self.self_signed().map(Some),
-            TlsMode::Unknown(m) => Err(format!("tls_mode {m:?} is not one this daemon knows")),
+            TlsMode::Unknown(m) => {
+                Err(format!("tls_mode {m:?}: no certificates this daemon knows how to find"))
+            }
         };
         let previous = match &s.serving {
             Serving::Tls(b) if same_mode => Some(b.clone()),
@@ -215,9 +217,10 @@ impl DeviceTls {
         let (chain, key) = self.pair(CUSTOM_NAME)?;
         let acceptor = context(&chain, &key, None, None).map_err(|e| self.build_error(CUSTOM_NAME, &e))?;
         let hosts = dns_names(&chain[0]);
-        // The chain's last certificate: its issuer's, or itself if it is
-        // self-signed.
-        let ca_pem = chain.last().and_then(|c| c.to_pem().ok());
+        // The chain's last certificate, the issuer a client can pin. A
+        // certificate alone offers none: pinning the leaf would break at
+        // its renewal.
+        let ca_pem = if chain.len() > 1 { chain.last().and_then(|c| c.to_pem().ok()) } else { None };
         Ok(Built {
             mode: TlsMode::Custom,
             acceptor,
@@ -250,10 +253,14 @@ impl DeviceTls {
         };
         let mut by_name: ByName = Vec::new();
         for (n, (c, k)) in rest {
-            let ctx = context(c, k, None, None).map_err(|e| self.build_error(n, &e))?.into_context();
-            let mut served = dns_names(&c[0]);
-            served.push(n.clone());
-            by_name.push((served, ctx));
+            match context(c, k, None, None) {
+                Ok(ctx) => {
+                    let mut served = dns_names(&c[0]);
+                    served.push(n.clone());
+                    by_name.push((served, ctx.into_context()));
+                }
+                Err(e) => problems.push(self.build_error(n, &e)),
+            }
         }
         let sni = (!by_name.is_empty()).then_some(by_name);
         let acceptor = context(chain, key, None, sni).map_err(|e| self.build_error(default_name, &e))?;

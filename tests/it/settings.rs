@@ -71,8 +71,9 @@ fn only_the_device_credentials_open_the_page_and_refusals_reveal_nothing() {
             "{log}"
         );
     }
-    // The CA download and the form are behind the same door.
-    assert_eq!(d.get("/settings/ca.crt", &[]).status, 401);
+    // The form is behind the same door. (The CA is public: with the
+    // device's TLS off there is none.)
+    assert_eq!(d.get("/settings/ca.crt", &[]).status, 404);
     assert_eq!(post(&d, &[("Origin", &origin(d.addr))], "action=create&csrf=00").status, 401);
     assert!(!d.dir.path("token.sha256").exists());
 
@@ -167,7 +168,7 @@ fn cross_site_posts_and_wrong_methods_are_refused() {
         // Another site, even with the right value.
         (vec![(k, v.clone()), ("Origin", "http://127.0.0.1:1".into())], good.clone()),
         (vec![(k, v.clone()), ("Origin", "null".into())], good.clone()),
-        (vec![(k, v.clone()), ("Origin", format!("https://{}", d.addr))], good.clone()),
+        (vec![(k, v.clone()), ("Origin", format!("https://{}.evil.example", d.addr.ip()))], good.clone()),
         (vec![(k, v.clone()), ("Referer", "http://127.0.0.1:1/settings".into())], good.clone()),
         (vec![(k, v.clone()), ("Referer", format!("{o}.evil.example/"))], good.clone()),
         // Neither header.
@@ -205,6 +206,10 @@ fn cross_site_posts_and_wrong_methods_are_refused() {
     assert_eq!(post(&d, &[c, ("Origin", &o)], &big).status, 413);
     assert_eq!(d.sample("jetkvm_exporter_http_bad_requests_total", &[c]), before + 3.0);
     assert!(!d.dir.path("token.sha256").exists());
+
+    // HEAD where GET is served.
+    let r = raw(d.addr, format!("HEAD /settings HTTP/1.1\r\nHost: {}\r\nCookie: authToken=another-session\r\nConnection: close\r\n\r\n", d.addr).as_bytes());
+    assert_eq!(r.status, 200);
 
     // State changes only by POST, and only there.
     let r = d.get("/settings/token?action=create", &[c]);
@@ -275,6 +280,20 @@ fn pasted_prometheus_jobs_are_valid_for_each_way_in() {
     // Still refused from another site in no-password mode.
     let r = post(&d, &[("Origin", "http://127.0.0.1:1")], &format!("action=create&csrf={}", csrf(&page)));
     assert_eq!(r.status, 403);
+    // A name the device does not answer to (a site rebinding its own name
+    // to the device's address) is refused there, page and form alike.
+    let rebound = format!(
+        "GET /settings HTTP/1.1\r\nHost: attacker.example:{}\r\nConnection: close\r\n\r\n",
+        d.addr.port()
+    );
+    let r = raw(d.addr, rebound.as_bytes());
+    assert_eq!(r.status, 403);
+    assert!(!r.text().contains("csrf"));
+    let host = format!("localhost:{}", d.addr.port());
+    let named = format!("GET /settings HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw(d.addr, named.as_bytes()).status, 200);
+    let jetkvm = b"GET /settings HTTP/1.1\r\nHost: jetkvm.local\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(d.addr, jetkvm).status, 200);
 }
 
 #[test]
