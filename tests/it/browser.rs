@@ -123,10 +123,13 @@ impl Browser {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         // dup2 clears close-on-exec on the copies: only fds 3 and 4 reach
-        // the browser.
+        // the browser. Copied above 9 first: a pipe end may itself be 3 or
+        // 4 (dup2 onto itself keeps close-on-exec, or the second clobbers
+        // the first).
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                let (r, w) = (libc::fcntl(r, libc::F_DUPFD, 10), libc::fcntl(w, libc::F_DUPFD, 10));
+                if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
