@@ -273,7 +273,7 @@ def main():
         # Password change inside the board, rewritten in place like the device.
         old = board.secret("device-password")
         new = "changed-" + old
-        h = subprocess.run(["mkpasswd", "-m", "bcrypt", "-R", "10", new], capture_output=True, text=True, check=True)
+        h = subprocess.run(["mkpasswd", "-m", "bcrypt", "-R", "10", "--stdin"], input=new, capture_output=True, text=True, check=True)
         hashed = "$2a$" + h.stdout.strip()[len("$2b$"):]
         doc = json.dumps({"localAuthMode": "password", "hashed_password": hashed, "local_auth_token": "", "tls_mode": ""}, indent=2)
         board.sh(f"printf '%s\\n' '{doc}' > /userdata/kvm_config.json")
