@@ -55,9 +55,6 @@ pub fn app(
                 cfg.service(
                     web::scope("/settings")
                         .wrap(from_fn(settings::page_headers))
-                        .app_data(
-                            web::FormConfig::default().limit(settings::FORM_LIMIT).error_handler(bad_form),
-                        )
                         .route("", web::get().to(settings::page))
                         .route("", web::head().to(settings::page))
                         .route("/token", web::post().to(settings::token_action))
@@ -206,17 +203,6 @@ async fn landing(listener: web::Data<Listener>) -> HttpResponse {
 }
 
 /// A settings form that does not parse (or is too large): counted.
-fn bad_form(err: actix_web::error::UrlencodedError, req: &actix_web::HttpRequest) -> Error {
-    if let Some(state) = req.app_data::<web::Data<State>>() {
-        state.telemetry.bad_request();
-    }
-    let status = match err {
-        actix_web::error::UrlencodedError::Overflow { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    actix_web::error::InternalError::from_response(err, text(status, "bad form\n")).into()
-}
-
 async fn healthz() -> HttpResponse {
     text(StatusCode::OK, "ok\n")
 }

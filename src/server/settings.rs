@@ -135,17 +135,44 @@ pub struct TokenForm {
     csrf: String,
 }
 
+/// The form, read only after the credential is admitted. Not `web::Form`:
+/// its charset decoding links encoding_rs's tables, 146 KB of the armv7
+/// binary, for two ASCII fields.
+async fn read_form(req: &HttpRequest, payload: web::Payload) -> Result<TokenForm, StatusCode> {
+    let urlencoded = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !urlencoded {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    match payload.to_bytes_limited(FORM_LIMIT).await {
+        Ok(Ok(body)) => serde_urlencoded::from_bytes(&body).map_err(|_| StatusCode::BAD_REQUEST),
+        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
+        Err(_) => Err(StatusCode::PAYLOAD_TOO_LARGE),
+    }
+}
+
 /// `POST /settings/token`: `action` = `create` (which also rotates) or
 /// `revoke`.
 pub async fn token_action(
     req: HttpRequest,
     state: web::Data<State>,
     listener: web::Data<Listener>,
-    form: web::Form<TokenForm>,
+    payload: web::Payload,
 ) -> HttpResponse {
     let v = match admit(&req, &state, &listener).await {
         Ok(v) => v,
         Err(r) => return r,
+    };
+    let form = match read_form(&req, payload).await {
+        Ok(f) => f,
+        Err(status) => {
+            state.telemetry.bad_request();
+            return text(status, "bad form\n");
+        }
     };
     let peer = v.conn.peer;
     if !same_origin(&req, v.conn.encrypted.get())

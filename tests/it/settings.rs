@@ -204,7 +204,17 @@ fn cross_site_posts_and_wrong_methods_are_refused() {
     assert_eq!(post(&d, &[c, ("Origin", &o)], "csrf=1").status, 400);
     let big = format!("action=create&csrf={fresh}&pad={}", "x".repeat(2000));
     assert_eq!(post(&d, &[c, ("Origin", &o)], &big).status, 413);
-    assert_eq!(d.sample("jetkvm_exporter_http_bad_requests_total", &[c]), before + 3.0);
+    let body = format!("action=create&csrf={fresh}");
+    let plain = format!(
+        "POST /settings/token HTTP/1.1\r\nHost: {}\r\nCookie: authToken=another-session\r\nOrigin: {o}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        d.addr,
+        body.len()
+    );
+    assert_eq!(raw(d.addr, plain.as_bytes()).status, 400, "only a urlencoded form");
+    assert_eq!(d.sample("jetkvm_exporter_http_bad_requests_total", &[c]), before + 4.0);
+    // A body is read only once the credential is admitted.
+    assert_eq!(post(&d, &[("Origin", &o)], &big).status, 401);
     assert!(!d.dir.path("token.sha256").exists());
 
     // HEAD where GET is served.
