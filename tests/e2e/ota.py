@@ -252,7 +252,12 @@ def main():
         booted = len(board.bootloader_lines())
         started = time.monotonic()
         board.install(f"{url}/{n1}/release.json")
-        until("the board rebooting", lambda: "ab-bootloader: the board rebooted" in board.bootloader_lines()[booted:], 300)
+        # The bootloader prints its choice of slot just after the reboot line.
+        def slot_chosen_after_reboot():
+            lines = board.bootloader_lines()[booted:]
+            reboot = "ab-bootloader: the board rebooted"
+            return reboot in lines and any("A/B slot _" in ln for ln in lines[lines.index(reboot) + 1:])
+        until("the board rebooting and choosing a slot", slot_chosen_after_reboot, 300)
         rebooted = time.monotonic()
         figures["apply_seconds"] = round(rebooted - started, 1)
         lines = board.bootloader_lines()[booted:]
