@@ -26,6 +26,11 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     buf
 }
 
+/// Lower-case hex, for digests and MACs written out.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Compares secrets in time independent of where they differ. Lengths are
 /// not secret here (tokens and MACs have fixed lengths).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {

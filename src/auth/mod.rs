@@ -274,7 +274,7 @@ impl Authenticator {
             _ => b"",
         };
         let mac = self.forms.sign(&[b"settings form", method.label().as_bytes(), bound]);
-        (outcome, Some(mac.iter().map(|b| format!("{b:02x}")).collect()))
+        (outcome, Some(crate::crypto::hex(&mac)))
     }
 
     async fn budgeted(&self, req: &Request<'_>, purpose: Use) -> Outcome {

@@ -62,8 +62,7 @@ impl Record {
     }
 
     fn render(&self) -> String {
-        let hex: String = self.sha256.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{HEADER}\nsha256={hex}\ncreated={}\n", self.created)
+        format!("{HEADER}\nsha256={}\ncreated={}\n", crate::crypto::hex(&self.sha256), self.created)
     }
 }
 

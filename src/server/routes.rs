@@ -23,11 +23,21 @@ use crate::metrics::{self, Families, Kind};
 use crate::telemetry::HttpError;
 use crate::tls::device::Serving;
 
-const LANDING: &str = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>JetKVM metrics</title></head>\n\
-<body><h1>JetKVM metrics</h1><p><a href=\"/metrics\">Metrics</a> (authentication required)</p>\n\
-<p><a href=\"/settings\">Settings</a>: the metrics token, TLS, Prometheus jobs (sign in to the device first)</p></body></html>\n";
-const LANDING_METRICS_SERVICE: &str = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>JetKVM metrics</title></head>\n\
-<body><h1>JetKVM metrics</h1><p><a href=\"/metrics\">Metrics</a> (authentication required)</p></body></html>\n";
+/// The landing page, with `$more` after the link to the metrics.
+macro_rules! landing {
+    ($more:literal) => {
+        concat!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>JetKVM metrics</title></head>\n",
+            "<body><h1>JetKVM metrics</h1><p><a href=\"/metrics\">Metrics</a> (authentication required)</p>",
+            $more,
+            "</body></html>\n"
+        )
+    };
+}
+const LANDING: &str = landing!(
+    "\n<p><a href=\"/settings\">Settings</a>: the metrics token, TLS, Prometheus jobs (sign in to the device first)</p>"
+);
+const LANDING_METRICS_SERVICE: &str = landing!("");
 
 /// The routes of one listener.
 pub fn app(
@@ -202,7 +212,6 @@ async fn landing(listener: web::Data<Listener>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page)
 }
 
-/// A settings form that does not parse (or is too large): counted.
 async fn healthz() -> HttpResponse {
     text(StatusCode::OK, "ok\n")
 }

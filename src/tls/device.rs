@@ -13,13 +13,13 @@
 //! its mode is usable (self-signed before the device has issued one), the
 //! state is `Pending`: the listener refuses to answer in clear.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use openssl::x509::X509;
 
-use super::{certs, context, dns_names, private_key, short, unix_time, ByName, RETRY_FAILED};
+use super::{context, dns_names, short, unix_time, ByName, RETRY_FAILED};
 use crate::device::TlsMode;
 use crate::watch::Stamp;
 
@@ -78,10 +78,6 @@ impl DeviceTls {
                 reload_ok: true,
             }),
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -202,15 +198,7 @@ impl DeviceTls {
     }
 
     fn pair(&self, name: &str) -> Result<(Vec<X509>, openssl::pkey::PKey<openssl::pkey::Private>), String> {
-        let chain = certs("device_tls_dir", &self.pem(name, "crt"))?;
-        let key = private_key("device_tls_dir", &self.pem(name, "key"))?;
-        if !chain[0].public_key().map(|p| p.public_eq(&key)).unwrap_or(false) {
-            return Err(format!(
-                "key \"device_tls_dir\": {}: does not match its certificate",
-                self.pem(name, "key").display()
-            ));
-        }
-        Ok((chain, key))
+        super::pair("device_tls_dir", &self.pem(name, "crt"), "device_tls_dir", &self.pem(name, "key"))
     }
 
     fn custom(&self) -> Result<Built, String> {

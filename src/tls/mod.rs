@@ -209,6 +209,26 @@ fn private_key(key: &str, path: &Path) -> Result<PKey<Private>, String> {
         .map_err(|e| format!("key \"{key}\": {}: not a PEM private key: {}", path.display(), short(&e)))
 }
 
+/// A certificate chain and its key (`cert_key` and `key_key` name them in
+/// errors), the key checked against the chain's first certificate.
+fn pair(
+    cert_key: &str,
+    cert: &Path,
+    key_key: &str,
+    key: &Path,
+) -> Result<(Vec<X509>, PKey<Private>), String> {
+    let chain = certs(cert_key, cert)?;
+    let pkey = private_key(key_key, key)?;
+    if !chain[0].public_key().map(|p| p.public_eq(&pkey)).unwrap_or(false) {
+        return Err(format!(
+            "key \"{key_key}\": {}: does not match certificate {}",
+            key.display(),
+            cert.display()
+        ));
+    }
+    Ok((chain, pkey))
+}
+
 /// OpenSSL's error stack in one short line. Its string tables are not
 /// loaded (see `crypto::init`), so the code stands in when there is no text.
 fn short(e: &openssl::error::ErrorStack) -> String {
@@ -329,16 +349,12 @@ fn load_cas(c: &MetricsService) -> Result<Vec<X509>, String> {
 fn load_pairs(c: &MetricsService) -> Result<Vec<Pair>, String> {
     let mut pairs = Vec::new();
     for kp in &c.keypairs {
-        let chain = certs("metrics_service.keypairs.cert_file", &kp.cert_file)?;
-        let key = private_key("metrics_service.keypairs.key_file", &kp.key_file)?;
-        let matches = chain[0].public_key().map(|p| p.public_eq(&key)).unwrap_or(false);
-        if !matches {
-            return Err(format!(
-                "key \"metrics_service.keypairs.key_file\": {}: does not match certificate {}",
-                kp.key_file.display(),
-                kp.cert_file.display()
-            ));
-        }
+        let (chain, key) = pair(
+            "metrics_service.keypairs.cert_file",
+            &kp.cert_file,
+            "metrics_service.keypairs.key_file",
+            &kp.key_file,
+        )?;
         pairs.push(Pair { cert_file: kp.cert_file.clone(), chain, key });
     }
     Ok(pairs)
