@@ -13,6 +13,7 @@ USAGE:
     jetkvm-metrics serve [--config FILE] [--pidfile FILE]
     jetkvm-metrics check-config [--config FILE]
     jetkvm-metrics token new|revoke|status [--config FILE]
+    jetkvm-metrics probe [--config FILE]
     jetkvm-metrics --help | --version
 
 COMMANDS:
@@ -29,6 +30,13 @@ COMMANDS:
                   rotates: the previous token stops working at once.
     token revoke  Remove the token.
     token status  Say whether a token is set and since when (never the token).
+    probe         Ask the daemon this configuration describes, from the
+                  device itself, whether it serves: connect where it listens
+                  (loopback for a wildcard), speak TLS where it does and
+                  check the certificate it serves is the configured one, send
+                  no credential, and expect /healthz to answer with this
+                  system's version. Prints what answered, or why not and
+                  exits 1. The system update confirms a new slot with it.
 
 OPTIONS:
     -c, --config FILE  Configuration file (TOML). Without it,
@@ -47,6 +55,7 @@ ENVIRONMENT:
 enum Command {
     Serve,
     CheckConfig,
+    Probe,
     Token(TokenCommand),
 }
 
@@ -89,6 +98,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
                 command = Some(match v.to_str() {
                     Some("serve") => Command::Serve,
                     Some("check-config") => Command::CheckConfig,
+                    Some("probe") => Command::Probe,
                     Some("token") => {
                         let sub = p.value().map_err(|_| "token: missing new, revoke or status".to_owned())?;
                         Command::Token(match sub.to_str() {
@@ -114,7 +124,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
         Some(Command::Serve) => Ok(Parsed::Run(Args { command: Command::Serve, config, pidfile })),
         Some(_) if pidfile.is_some() => Err("--pidfile is an option of serve (try --help)".into()),
         Some(command) => Ok(Parsed::Run(Args { command, config, pidfile })),
-        None => Err("missing command: serve, check-config or token (try --help)".into()),
+        None => Err("missing command: serve, check-config, token or probe (try --help)".into()),
     }
 }
 
@@ -140,6 +150,22 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
         Parsed::Run(Args { command: Command::CheckConfig, config, .. }) => check_config(config),
         Parsed::Run(Args { command: Command::Serve, config, pidfile }) => serve(config, pidfile),
         Parsed::Run(Args { command: Command::Token(t), config, .. }) => token(t, config),
+        Parsed::Run(Args { command: Command::Probe, config, .. }) => probe(config),
+    }
+}
+
+fn probe(path: Option<PathBuf>) -> i32 {
+    crate::crypto::init();
+    let Some(config) = load(path.as_deref()) else { return 1 };
+    match crate::probe::run(&config) {
+        Ok(said) => {
+            println!("{said}");
+            0
+        }
+        Err(e) => {
+            eprintln!("jetkvm-metrics: probe: {e}");
+            1
+        }
     }
 }
 

@@ -1,13 +1,14 @@
 //! jetkvm-metrics: an authenticated Prometheus exporter for the JetKVM.
 //!
 //! Modules, one concern each:
-//! - `cli`: the command line (`serve`, `check-config`)
+//! - `cli`: the command line (`serve`, `check-config`, `token`, `probe`)
 //! - `config`: strict TOML into a validated `Config`
 //! - `device`: the device's auth state (`kvm_config.json`), fail closed
 //! - `auth`: one module per credential and the one function that decides
 //! - `collectors`: device state read on scrape, one file per collector
 //! - `metrics`: metric families in the `prometheus` crate's model, and their text
 //! - `server`: listeners, limits, routes
+//! - `probe`: asks a running daemon, from the device, whether it serves
 //! - `telemetry`: the daemon's own counters
 //! - `crypto`: OpenSSL primitives (random, HMAC, constant-time compare)
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod crypto;
 pub mod device;
 pub mod metrics;
+pub mod probe;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -1,7 +1,8 @@
 //! The device's system version (`/version` on the stock image), as an info
-//! metric.
+//! metric. [`system_version`] is also what `/healthz` tells a client on the
+//! device itself, and what `probe` expects to hear.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{read, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
@@ -16,23 +17,26 @@ impl Device {
     }
 }
 
+/// The first line of the version file, bounded: the file is not ours, and
+/// its text goes into a label and a response.
+pub fn system_version(path: &Path) -> Result<String> {
+    let text = read(path)?;
+    let version = text.lines().next().unwrap_or("").trim();
+    if version.is_empty() || version.len() > 64 || version.chars().any(char::is_control) {
+        return Err(Error::Failed(format!("{}: empty or malformed version", path.display())));
+    }
+    Ok(version.to_owned())
+}
+
 impl Collector for Device {
     fn name(&self) -> &'static str {
         "device"
     }
 
     fn update(&self, out: &mut Families) -> Result<()> {
-        let text = read(&self.version_file)?;
-        let version = text.lines().next().unwrap_or("").trim();
-        // Bound what goes into a label: the file is not ours.
-        if version.is_empty() || version.len() > 64 || version.chars().any(char::is_control) {
-            return Err(Error::Failed(format!(
-                "{}: empty or malformed version",
-                self.version_file.display()
-            )));
-        }
+        let version = system_version(&self.version_file)?;
         out.family("jetkvm_device_info", "The device's system version.", Kind::Gauge)
-            .sample(&[("version", version)], 1.0);
+            .sample(&[("version", &version)], 1.0);
         Ok(())
     }
 }

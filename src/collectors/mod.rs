@@ -33,6 +33,8 @@ mod time;
 mod usb_gadget;
 
 /// The pure parsers of procfs and sysfs text, for fuzzing and tests.
+pub use device::system_version;
+
 pub mod parsers {
     pub use super::cpu::parse as cpu_stat;
     pub use super::netdev::parse as net_dev;

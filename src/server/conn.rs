@@ -39,6 +39,10 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 /// What a request knows about its connection (actix connection data).
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// Whether the client is on this device: from loopback, or from the
+    /// address the connection came in on (a TCP handshake cannot be
+    /// completed from elsewhere with that source).
+    pub same_host: bool,
     /// The identity of a client certificate the mTLS handshake verified.
     pub client_cert: OnceCell<String>,
     /// Whether the connection is TLS.
@@ -224,9 +228,12 @@ fn accept(state: &State, tracker: &Rc<Tracker>, tcp: TcpStream) -> Option<(Admit
     let slot = tracker.admit(&state.telemetry)?;
     let admitted = Admitted { tracker: tracker.clone(), slot };
     let peer = tcp.peer_addr().ok()?;
+    let local = tcp.local_addr().ok()?;
     let _ = tcp.set_nodelay(true);
+    let peer_ip = peer.ip().to_canonical();
     let info = Rc::new(ConnInfo {
         peer,
+        same_host: peer_ip.is_loopback() || peer_ip == local.ip().to_canonical(),
         client_cert: OnceCell::new(),
         encrypted: Cell::new(false),
         slot: admitted.slot.clone(),

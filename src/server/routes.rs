@@ -14,7 +14,7 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method as HttpMethod, StatusCode};
 use actix_web::middleware::{from_fn, Compress, Next};
-use actix_web::{web, App, Error, HttpResponse};
+use actix_web::{web, App, Error, HttpRequest, HttpResponse};
 
 use super::conn::ConnInfo;
 use super::{settings, Listener, Role, State};
@@ -212,8 +212,15 @@ async fn landing(listener: web::Data<Listener>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page)
 }
 
-async fn healthz() -> HttpResponse {
-    text(StatusCode::OK, "ok\n")
+/// `ok`, and to a client on the device itself the system version, so that
+/// `probe` can tell this daemon from anything else on the port. The
+/// version is not told to the LAN.
+async fn healthz(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let same_host = req.conn_data::<Rc<ConnInfo>>().is_some_and(|c| c.same_host);
+    match same_host.then(|| crate::collectors::system_version(&state.config.version_file)) {
+        Some(Ok(version)) => text(StatusCode::OK, format!("ok {version}\n")),
+        _ => text(StatusCode::OK, "ok\n"),
+    }
 }
 
 async fn not_found() -> HttpResponse {

@@ -132,7 +132,7 @@ class Board:
 
 
 class Prometheus:
-    def __init__(self, work, port, board):
+    def __init__(self, work, port, board, extra_jobs=""):
         self.port = port
         s = f"{board.state}/secrets"
         with open(f"{work}/password", "w") as f:
@@ -161,7 +161,7 @@ scrape_configs:
       key_file: {s}/client.key
       server_name: jetkvm.local
     static_configs: [{{targets: ["127.0.0.1:{board.metrics}"]}}]
-"""
+{extra_jobs}"""
         with open(f"{work}/prometheus.yml", "w") as f:
             f.write(config)
         self.proc = subprocess.Popen(
@@ -252,6 +252,16 @@ def main():
         check("board: daemon started by BusyBox init from S95jetkvm-metrics",
               "supervise" in board.sh("ps") and "Starting jetkvm-metrics: OK" in open(f"{board.state}/console.log", errors="replace").read())
         check("board: no C library in the image", board.sh("ls /lib/ld-* /lib/libc.so* 2>/dev/null | wc -l").strip() == "0")
+        # The system version is told to a client on the device (the update's
+        # probe), never to the LAN.
+        version = board.sh("cat /version").strip()
+        with urllib.request.urlopen(f"http://127.0.0.1:{board.http}/healthz", timeout=10) as r:
+            lan = r.read()
+        check("board: /healthz tells the LAN only ok", lan == b"ok\n", repr(lan))
+        local = board.sh("wget -q -O - http://127.0.0.1:3080/healthz")
+        check("board: /healthz tells a client on the device the version", local == f"ok {version}\n", repr(local))
+        probe = board.sh("/etc/init.d/S95jetkvm-metrics probe; echo exit=$?")
+        check("board: S95 probe answers with the daemon's configuration", "answered with version" in probe and "exit=0" in probe, probe)
 
         prom = Prometheus(work, free_port(), board)
         until("Prometheus", lambda: prom.query("up") is not None, 60)
@@ -364,6 +374,19 @@ def main():
                        "/etc/init.d/S95jetkvm-metrics restart; echo exit=$?; mount -o remount,rw /tmp", timeout=60)
         check("board: init script OK with /var/log read-only", "Starting jetkvm-metrics: OK" in out and "exit=0" in out, out)
         until("mTLS job up after the restarts", lambda: prom.up("mtls") == 1, 60)
+        # A restart while the supervisor backs off from a crash-looping
+        # configuration: the old supervisor stops at once and never removes
+        # the new daemon's pid file or log pipe.
+        out = board.sh(f"echo 'bogus = 1' > {cfg} && /etc/init.d/S95jetkvm-metrics restart; sleep 12;"
+                       f" cp /tmp/config.good {cfg} && /etc/init.d/S95jetkvm-metrics restart; echo exit=$?", timeout=90)
+        check("board: restart during the back-off starts the fixed daemon", out.rstrip().endswith("Starting jetkvm-metrics: OK\nexit=0"), out)
+        time.sleep(40)
+        state = board.sh("cat /var/run/jetkvm-metrics.pid && kill -0 $(cat /var/run/jetkvm-metrics.pid) && echo alive;"
+                         " ls /var/run/ | grep -c '^jetkvm-metrics.log'; ps | grep '[s]upervise' | grep -vc '{'")
+        # (ps shows a BusyBox applet a shell runs without exec as {name}.)
+        check("board: 40 s later the daemon's pid file, one log pipe and one supervisor remain",
+              state.split()[1:] == ["alive", "1", "1"], state)
+        until("mTLS job up after the back-off", lambda: prom.up("mtls") == 1, 60)
 
         # Clean shutdown through init.
         qpid = board.qemu_pid()

@@ -23,6 +23,8 @@ mod hostile;
 mod http;
 /// A thousand scrapes over keep-alive; ten thousand idle connections.
 mod load;
+/// `probe`: the daemon in each configuration, asked as the system update asks.
+mod probe;
 /// The per-client failure limiter and a wrong-password flood.
 mod ratelimit;
 /// The settings page: who sees it, the token from the browser's side, CSRF.

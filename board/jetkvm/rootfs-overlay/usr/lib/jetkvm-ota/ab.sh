@@ -12,7 +12,8 @@ AB_OFFSET=2048
 # The device node of the partition named $1, or nothing.
 ab_partition() {
 	for u in /sys/class/block/*/uevent; do
-		if grep -qx "PARTNAME=$1" "$u" 2>/dev/null; then
+		# (-F: a name is matched as it is, never as a pattern)
+		if grep -qxF "PARTNAME=$1" "$u" 2>/dev/null; then
 			echo "/dev/$(sed -n 's/^DEVNAME=//p' "$u")"
 			return 0
 		fi
