@@ -36,6 +36,10 @@ pub struct Config {
     /// Serve HTTPS on `listen_addr` with the device's certificates while
     /// the device's `tls_mode` is set.
     pub follow_device_tls: bool,
+    /// Names the device is known by beyond `jetkvm.local`, its host name
+    /// (alone and `.local`) and its addresses (lowercase): in no-password
+    /// mode, the `Host` names it answers to.
+    pub host_names: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +131,7 @@ impl Default for Config {
             metrics_service: None,
             device_tls_dir: "/userdata/jetkvm/tls".into(),
             follow_device_tls: true,
+            host_names: Vec::new(),
         }
     }
 }
@@ -150,6 +155,7 @@ struct Raw {
     metrics_service: Option<RawMetricsService>,
     device_tls_dir: Option<PathBuf>,
     follow_device_tls: Option<bool>,
+    host_names: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -414,6 +420,7 @@ impl Config {
             metrics_service,
             device_tls_dir: p.path("device_tls_dir", raw.device_tls_dir, d.device_tls_dir),
             follow_device_tls: raw.follow_device_tls.unwrap_or(d.follow_device_tls),
+            host_names: host_names(&mut p, raw.host_names),
         };
         if p.lines.is_empty() {
             Ok(config)
@@ -552,6 +559,36 @@ fn metrics_service(p: &mut Problems, m: RawMetricsService, general: SocketAddr) 
     MetricsService { listen_addr, mtls, ca_certs, client_allowed_sans: m.client_allowed_sans, keypairs }
 }
 
+/// The most `host_names`: a short list, whose every name costs a TLS
+/// context and series when the device issues certificates for it.
+pub const HOST_NAMES_MAX: usize = 16;
+
+/// DNS names, lowercase, each once; addresses need no listing.
+fn host_names(p: &mut Problems, v: Option<Vec<String>>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in v.unwrap_or_default() {
+        let lower = name.to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if lower.len() > 253 || !lower.split('.').all(label_ok) || lower.parse::<std::net::IpAddr>().is_ok() {
+            p.key("host_names", format_args!("{name:?} is not a DNS name"));
+        } else if out.contains(&lower) {
+            p.key("host_names", format_args!("{name:?} is listed twice"));
+        } else {
+            out.push(lower);
+        }
+    }
+    if out.len() > HOST_NAMES_MAX {
+        p.key("host_names", format_args!("{} names: at most {HOST_NAMES_MAX}", out.len()));
+    }
+    out
+}
+
 /// "10s", "500ms", "2m", "1h".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -671,6 +708,25 @@ mod tests {
         std::fs::write(&good, "workers = 1\n").unwrap();
         assert_eq!(Config::load_or(None, &good).unwrap().source, good.display().to_string());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn host_names_are_dns_names_and_few() {
+        let c = Config::parse("host_names = [\"KVM.example.org\", \"rack-3\"]\n", "c.toml").unwrap();
+        assert_eq!(c.host_names, ["kvm.example.org", "rack-3"]);
+        for (bad, why) in [
+            ("[\"10.0.0.5\"]", "is not a DNS name"),
+            ("[\"a..b\"]", "is not a DNS name"),
+            ("[\"-a.b\"]", "is not a DNS name"),
+            ("[\"a b\"]", "is not a DNS name"),
+            ("[\"kvm\", \"KVM\"]", "is listed twice"),
+        ] {
+            let e = Config::parse(&format!("host_names = {bad}\n"), "c.toml").unwrap_err();
+            assert!(e[0].starts_with("config c.toml: key \"host_names\": ") && e[0].ends_with(why), "{e:?}");
+        }
+        let many: Vec<String> = (0..17).map(|i| format!("\"n{i}\"")).collect();
+        let e = Config::parse(&format!("host_names = [{}]\n", many.join(", ")), "c.toml").unwrap_err();
+        assert_eq!(e, ["config c.toml: key \"host_names\": 17 names: at most 16"]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! made in `auth`, TLS contexts in `tls`, metrics in `collectors`.
 
 mod conn;
+mod host;
 mod routes;
 mod settings;
 

@@ -19,6 +19,7 @@ use actix_web::{web, App, Error, HttpRequest, HttpResponse};
 use super::conn::ConnInfo;
 use super::{settings, Listener, Role, State};
 use crate::auth::{self, Outcome, Reason};
+use crate::device::AuthMode;
 use crate::metrics::{self, Families, Kind};
 use crate::telemetry::HttpError;
 use crate::tls::device::Serving;
@@ -114,7 +115,8 @@ async fn request(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let state = state(&req);
-    let _busy = req.conn_data::<Rc<ConnInfo>>().map(|c| c.slot.busy());
+    let slot = req.conn_data::<Rc<ConnInfo>>().map(|c| c.slot.clone());
+    let _busy = slot.as_ref().map(|s| s.busy());
     if head_too_large(&req, &state) {
         state.telemetry.http_error(HttpError::TooLarge);
         let mut r = text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request header fields too large\n");
@@ -145,9 +147,35 @@ async fn request(
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
         return Ok(req.into_response(r).map_into_right_body());
     }
+    if foreign_host(&req, &state, &listener).await {
+        let peer = req.conn_data::<Rc<ConnInfo>>().map(|c| c.peer);
+        let path = req.path().to_owned();
+        state.telemetry.auth_failure(Reason::CrossSiteRequest);
+        state.refusal_log.log(|| {
+            let from = peer.map(|p| p.to_string()).unwrap_or_default();
+            format!("refused {path} from {from}: {} (host)", Reason::CrossSiteRequest.label())
+        });
+        let r = text(
+            StatusCode::FORBIDDEN,
+            "forbidden: the device does not answer to this name in no-password mode (see host_names)\n",
+        );
+        return Ok(req.into_response(r).map_into_right_body());
+    }
     let mut res = next.call(req).await?;
     res.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Evicted while this request came in: answered, then closed.
+    if slot.is_some_and(|s| s.close_after_response()) {
+        res.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+    }
     Ok(res.map_into_left_body())
+}
+
+/// In no-password mode, a request for a name the device does not answer
+/// to: a site that rebound its own name to the device's address, reading
+/// it from a visitor's browser (see `host`).
+async fn foreign_host(req: &ServiceRequest, state: &State, listener: &Listener) -> bool {
+    let no_password = matches!(state.auth.device().current().await, Ok(d) if d.mode == AuthMode::NoPassword);
+    no_password && !super::host::known(&super::host::request_host(req.headers()), &state.config, listener)
 }
 
 /// The request head's size as it came on the wire (request line, each

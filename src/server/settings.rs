@@ -31,6 +31,9 @@ use crate::tls::device::Serving;
 
 /// Largest form body accepted: two short fields.
 pub const FORM_LIMIT: usize = 1024;
+/// Time the whole form body has once its head is in: 1 KiB from a person's
+/// browser on the LAN takes milliseconds.
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 const STYLE: &str = "body{font-family:sans-serif;max-width:52em;margin:1em auto;padding:0 1em;color:#222}\
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em}\
@@ -86,7 +89,7 @@ struct Visitor {
 }
 
 /// The settings decision, counted and logged; a refusal is the response.
-async fn admit(req: &HttpRequest, state: &State, listener: &Listener) -> Result<Visitor, HttpResponse> {
+async fn admit(req: &HttpRequest, state: &State) -> Result<Visitor, HttpResponse> {
     let Some(conn) = req.conn_data::<Rc<ConnInfo>>().cloned() else {
         return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "no connection\n"));
     };
@@ -95,14 +98,6 @@ async fn admit(req: &HttpRequest, state: &State, listener: &Listener) -> Result<
     // would not take one here anyway.
     let request = auth_request(&authorization, &cookies, &conn);
     let refusal = match state.auth.decide_settings(&request).await {
-        (Outcome::Allow(Method::NoPassword), Some(_)) if !device_host(req, listener) => {
-            state.telemetry.auth_failure(Reason::CrossSiteRequest);
-            let peer = conn.peer;
-            state.refusal_log.log(|| {
-                format!("refused /settings from {peer}: {} (host)", Reason::CrossSiteRequest.label())
-            });
-            return Err(text(StatusCode::FORBIDDEN, "forbidden: open this page at the device's address\n"));
-        }
         (Outcome::Allow(method), Some(csrf)) => {
             state.telemetry.auth_success(method);
             return Ok(Visitor { method, csrf, conn });
@@ -123,7 +118,7 @@ async fn admit(req: &HttpRequest, state: &State, listener: &Listener) -> Result<
 
 /// `GET /settings`.
 pub async fn page(req: HttpRequest, state: web::Data<State>, listener: web::Data<Listener>) -> HttpResponse {
-    match admit(&req, &state, &listener).await {
+    match admit(&req, &state).await {
         Ok(v) => render(&req, &state, &listener, &v, None).await,
         Err(r) => r,
     }
@@ -163,26 +158,43 @@ pub async fn token_action(
     listener: web::Data<Listener>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let v = match admit(&req, &state, &listener).await {
+    let v = match admit(&req, &state).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let form = match read_form(&req, payload).await {
-        Ok(f) => f,
-        Err(status) => {
-            state.telemetry.bad_request();
-            return text(status, "bad form\n");
-        }
-    };
     let peer = v.conn.peer;
-    if !same_origin(&req, v.conn.encrypted.get())
-        || !crate::crypto::ct_eq(form.csrf.as_bytes(), v.csrf.as_bytes())
-    {
+    let cross_site = || {
         state.telemetry.auth_failure(Reason::CrossSiteRequest);
         state
             .refusal_log
             .log(|| format!("refused /settings/token from {peer}: {}", Reason::CrossSiteRequest.label()));
-        return text(StatusCode::FORBIDDEN, "forbidden: this form must be sent from the settings page\n");
+        text(StatusCode::FORBIDDEN, "forbidden: this form must be sent from the settings page\n")
+    };
+    // Before the body: another site's post costs no wait for it.
+    if !same_origin(&req, v.conn.encrypted.get()) {
+        return cross_site();
+    }
+    // The body, within its deadline; waiting for it, the connection counts
+    // as idle (the cap may close it for a new one, as a slow head).
+    let form = {
+        let _waiting = v.conn.slot.waiting_for_input();
+        tokio::time::timeout(BODY_DEADLINE, read_form(&req, payload)).await
+    };
+    let form = match form {
+        Ok(Ok(f)) => f,
+        Ok(Err(status)) => {
+            state.telemetry.bad_request();
+            return text(status, "bad form\n");
+        }
+        Err(_) => {
+            state.telemetry.http_error(crate::telemetry::HttpError::Timeout);
+            let mut r = text(StatusCode::REQUEST_TIMEOUT, "the form did not arrive in time\n");
+            r.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+            return r;
+        }
+    };
+    if !crate::crypto::ct_eq(form.csrf.as_bytes(), v.csrf.as_bytes()) {
+        return cross_site();
     }
     let path = state.config.token_file.clone();
     let by = format!("from the settings page by {peer} ({})", v.method.label());
@@ -276,29 +288,6 @@ fn same_origin(req: &HttpRequest, encrypted: bool) -> bool {
     })
 }
 
-/// In no-password mode the page opens for anyone who reaches it, so a
-/// site that rebinds its own name to the device's address could read and
-/// post it from a visitor's browser. There, only the names the device
-/// answers to are accepted as `Host`: an address, this system's host name
-/// (alone or `.local`), and the names of the device's certificates.
-fn device_host(req: &HttpRequest, listener: &Listener) -> bool {
-    let name = host_name(req);
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    if name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    let system = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-    if !system.is_empty()
-        && (name.eq_ignore_ascii_case(&system) || name.eq_ignore_ascii_case(&format!("{system}.local")))
-    {
-        return true;
-    }
-    match listener.device_tls.as_ref().map(|d| d.serving()) {
-        Some(Serving::Tls(b)) => b.hosts.iter().any(|h| h.eq_ignore_ascii_case(name)),
-        _ => name.eq_ignore_ascii_case(crate::tls::device::DEFAULT_HOST),
-    }
-}
-
 /// What a POST just did.
 enum Done {
     /// The new token, shown this once.
@@ -321,21 +310,6 @@ fn escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// The host name the client used, without its port (brackets kept for
-/// IPv6), for the targets of the pasted jobs.
-fn host_name(req: &HttpRequest) -> String {
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("jetkvm.local");
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map(|(a, _)| format!("[{a}]")).unwrap_or_default(),
-        None => host.rsplit_once(':').map(|(a, _)| a).unwrap_or(host).to_owned(),
-    };
-    if name.is_empty() {
-        "jetkvm.local".into()
-    } else {
-        name
-    }
 }
 
 /// One listener's TLS as a person reads it, and whether metrics reach it
@@ -487,7 +461,7 @@ for Prometheus' <code>ca_file</code> (<code>{CA_FILE}</code> below).</p>"
         p.push_str(
             "<h2>Prometheus</h2>\n<p>A job for each way in; put the secret in the file it names.</p>\n",
         );
-        let target = format!("{}:{}", host_name(req), l.address().port());
+        let target = format!("{}:{}", super::host::request_host(req.headers()), l.address().port());
         let mtls = l.tls.as_ref().is_some_and(|t| t.mtls());
         let job = |name: &str, auth: &str| {
             let mut y = format!("scrape_configs:\n  - job_name: {name}\n");

@@ -105,6 +105,54 @@ fn no_password_mode_passes_everything() {
     assert_eq!(d.sample("jetkvm_exporter_device_config_load_success", &[]), 1.0);
 }
 
+/// Regression: in no-password mode only `/settings` checked the `Host`, so
+/// a site that rebinds its own name to the device's address could read
+/// `/metrics` from a visitor's browser. Every route answers only the names
+/// the device is known by there; with a password, credentials guard it.
+#[test]
+fn no_password_mode_answers_only_the_names_the_device_is_known_by() {
+    let d = Daemon::start("host_names = [\"kvm.example.org\"]\n", Some(&no_password_mode()));
+    let get = |host: &str, path: &str| {
+        raw(d.addr, format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+    };
+    let system = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let port = d.addr.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "[::1]".to_owned(),
+        format!("{system}.local:{port}"),
+        system.clone(),
+        "jetkvm.local".to_owned(),
+        format!("KVM.example.org:{port}"),
+    ] {
+        assert_eq!(get(&host, "/metrics").status, 200, "{host}");
+    }
+    for path in ["/metrics", "/", "/healthz", "/settings"] {
+        let r = get(&format!("attacker.example:{port}"), path);
+        assert_eq!(r.status, 403, "{path}");
+        assert!(!r.text().contains("jetkvm_"), "{path}");
+    }
+    // The name of a certificate the device issued (for any name asked) is
+    // not one it is known by.
+    assert_eq!(get("jetkvm.attacker.example", "/metrics").status, 403);
+    let failures = d.sample("jetkvm_exporter_auth_failures_total{reason=\"cross_site_request\"}", &[]);
+    assert_eq!(failures, 5.0);
+    assert!(d.wait_log("refused /metrics from").contains("cross_site_request (host)"));
+
+    // With a password, the credential is what guards: any name.
+    let h = hash("device-password", bcrypt::Version::TwoA, 4);
+    rewrite_in_place(&d.device_config(), &password_mode(&h, ""));
+    let r = raw(
+        d.addr,
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: attacker.example\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            basic("admin", "device-password")
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+}
+
 #[test]
 fn fails_closed_on_every_unusable_device_state() {
     let h = hash("pw", Version::TwoA, 4);
@@ -158,12 +206,12 @@ fn malformed_headers_get_400_and_are_counted() {
     }
     let r = raw(
         d.addr,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic \xff\xfe\r\nConnection: close\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic \xff\xfe\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(r.status, 400);
     let r = raw(
         d.addr,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nCookie: authToken=\xff\r\nConnection: close\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nCookie: authToken=\xff\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(r.status, 400);
     let r = d.get("/metrics", &[("Authorization", "Basic Onh4"), ("Authorization", "Basic Onh4")]);

@@ -51,7 +51,8 @@ fn malformed_credentials_never_pass_and_never_crash() {
     ];
     let mut passed = 0;
     for a in &authorizations {
-        let mut req = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: ".to_vec();
+        let mut req =
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: ".to_vec();
         req.extend_from_slice(a);
         req.extend_from_slice(b"\r\n\r\n");
         let code = status_of(d.addr, &req);
@@ -81,7 +82,7 @@ fn malformed_credentials_never_pass_and_never_crash() {
         b"authToken=\xff",
     ];
     for c in &cookies {
-        let mut req = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: ".to_vec();
+        let mut req = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nCookie: ".to_vec();
         req.extend_from_slice(c);
         req.extend_from_slice(b"\r\n\r\n");
         let code = status_of(d.addr, &req);
@@ -94,27 +95,27 @@ fn malformed_credentials_never_pass_and_never_crash() {
 fn odd_methods_paths_and_framing() {
     let mut d = Daemon::start("", Some(&no_password_mode()));
     let cases: Vec<(&[u8], &[u16])> = vec![
-        (b"DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &[405]),
-        (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", &[405]),
-        (b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n", &[400, 405]),
-        (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", &[405]),
-        (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", &[405]),
-        (b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", &[404, 400]),
-        (b"GET /metrics/../metrics HTTP/1.1\r\nHost: x\r\n\r\n", &[404]),
-        (b"GET //metrics HTTP/1.1\r\nHost: x\r\n\r\n", &[404]),
-        (b"GET /METRICS HTTP/1.1\r\nHost: x\r\n\r\n", &[404]),
-        (b"GET /metrics%00 HTTP/1.1\r\nHost: x\r\n\r\n", &[404]),
-        (b"GET http://evil/metrics HTTP/1.1\r\nHost: x\r\n\r\n", &[200]),
+        (b"DELETE /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n", &[405]),
+        (b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n", &[405]),
+        (b"CONNECT x:443 HTTP/1.1\r\nHost: localhost\r\n\r\n", &[400, 405]),
+        (b"TRACE / HTTP/1.1\r\nHost: localhost\r\n\r\n", &[405]),
+        (b"BREW /pot HTTP/1.1\r\nHost: localhost\r\n\r\n", &[405]),
+        (b"GET /../../etc/passwd HTTP/1.1\r\nHost: localhost\r\n\r\n", &[404, 400]),
+        (b"GET /metrics/../metrics HTTP/1.1\r\nHost: localhost\r\n\r\n", &[404]),
+        (b"GET //metrics HTTP/1.1\r\nHost: localhost\r\n\r\n", &[404]),
+        (b"GET /METRICS HTTP/1.1\r\nHost: localhost\r\n\r\n", &[404]),
+        (b"GET /metrics%00 HTTP/1.1\r\nHost: localhost\r\n\r\n", &[404]),
+        (b"GET http://evil/metrics HTTP/1.1\r\nHost: localhost\r\n\r\n", &[200]),
         (b"GET /metrics HTTP/1.0\r\n\r\n", &[200]),
         (b"GET /metrics\r\n\r\n", &[400]),
         (b"GET\r\n\r\n", &[400]),
         (b"\r\n\r\n\r\n", &[400]),
-        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", &[400]),
-        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", &[400]),
-        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", &[200, 400]),
-        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nX\x00Y: z\r\n\r\n", &[400]),
-        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n Folded: header\r\n\r\n", &[400]),
-        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n", &[400]),
+        (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n", &[400]),
+        (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", &[400]),
+        (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", &[200, 400]),
+        (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX\x00Y: z\r\n\r\n", &[400]),
+        (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n Folded: header\r\n\r\n", &[400]),
+        (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nNoColon\r\n\r\n", &[400]),
         (b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00", &[400]),
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &[400, 405]),
     ];
@@ -128,7 +129,7 @@ fn odd_methods_paths_and_framing() {
     }
     // A request sent one byte at a time is still served.
     let mut s = TcpStream::connect(d.addr).unwrap();
-    for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" {
+    for b in b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" {
         s.write_all(&[*b]).unwrap();
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -138,7 +139,7 @@ fn odd_methods_paths_and_framing() {
     // Pipelined requests are answered in order.
     let mut s = TcpStream::connect(d.addr).unwrap();
     s.write_all(
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\nGET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     let mut buf = Vec::new();
@@ -180,7 +181,7 @@ fn garbage_on_the_tls_listener_is_counted_and_harmless() {
         b"\x15\x03\x03\x00\x02\x02\x28".to_vec(), // alert first
         b"\x17\x03\x03\x00\x05hello".to_vec(), // application data first
         vec![0x16, 0x03, 0x01, 0x40, 0x00].into_iter().chain(std::iter::repeat_n(0x41u8, 0x4000)).collect(),
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
         (0..=255u8).collect(),
     ];
     for r in &records {

@@ -30,11 +30,13 @@ fn metrics_are_text_format_and_gzip_when_accepted() {
 #[test]
 fn methods_and_paths() {
     let d = Daemon::start("", Some(&no_password_mode()));
-    let r =
-        raw(d.addr, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let r = raw(
+        d.addr,
+        b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
-    let r = raw(d.addr, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = raw(d.addr, b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
     assert_eq!(d.get("/nope", &[]).status, 404);
@@ -45,10 +47,10 @@ fn methods_and_paths() {
 #[test]
 fn oversized_and_garbage_requests_are_answered_and_counted() {
     let d = Daemon::start("[limits]\nmax_header_bytes = 8192\nmax_headers = 16\n", Some(&no_password_mode()));
-    let big = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(20_000));
+    let big = format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\n\r\n", "a".repeat(20_000));
     let r = raw(d.addr, big.as_bytes());
     assert_eq!(r.status, 431);
-    let mut many = String::from("GET /metrics HTTP/1.1\r\nHost: x\r\n");
+    let mut many = String::from("GET /metrics HTTP/1.1\r\nHost: localhost\r\n");
     for i in 0..40 {
         many.push_str(&format!("X-H{i}: v\r\n"));
     }
@@ -127,7 +129,7 @@ fn keep_alive_serves_many_scrapes_on_one_connection() {
     let mut s = TcpStream::connect(d.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     for _ in 0..5 {
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
         let mut buf = [0u8; 512];
         let n = s.read(&mut buf).unwrap();
         let r = parse_response(&buf[..n]).unwrap();
@@ -154,10 +156,10 @@ fn sigterm_and_sigint_stop_gracefully() {
 fn request_smuggling_attempts_answer_400() {
     let d = Daemon::start("", Some(&no_password_mode()));
     for req in [
-        &b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
+        &b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: +5\r\n\r\nhello",
     ] {
         let r = raw(d.addr, req);
         assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(req));
@@ -175,7 +177,7 @@ fn a_client_that_stops_reading_is_dropped() {
     );
     let mut s = TcpStream::connect(d.addr).unwrap();
     // Many pipelined scrapes, far more than the socket buffers hold.
-    let one = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let one = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
     s.write_all(&one.repeat(2000)).unwrap();
     std::thread::sleep(Duration::from_secs(4));
     assert!(closed_within(&mut s, Duration::from_secs(10)), "a stalled reader kept its connection");

@@ -9,7 +9,7 @@ use crate::util::*;
 
 /// One keep-alive GET; returns (status, body length).
 fn keep_alive_get(r: &mut BufReader<TcpStream>, path: &str) -> (u16, usize) {
-    r.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    r.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
     let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -77,7 +77,7 @@ fn ten_thousand_idle_connections_do_not_lock_out_a_scrape() {
             // Half idle, half a slow request head that never ends.
             Ok(mut s) => {
                 if i % 2 == 1 {
-                    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+                    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n");
                 }
                 idle.push(s)
             }

@@ -1,7 +1,9 @@
 //! The settings page over HTTP: who may see it, what it shows, the token's
 //! create / rotate / revoke, and every cross-site refusal.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use bcrypt::Version;
 
@@ -331,4 +333,52 @@ fn with_an_mtls_metrics_service_the_page_stays_on_the_general_listener() {
     // The metrics service has no settings page.
     let c = TlsClient::new(&ca.cert_pem()).with_cert(&pki::leaf(&ca, "prometheus", &["p"], true, -1, 30));
     assert_eq!(c.get(d.metrics_addr.unwrap(), "/settings", &[(k, &v)]).unwrap().resp.status, 404);
+}
+
+/// Regression: in no-password mode, 64 connections each sending the form's
+/// head (`Content-Length: 1024`, the limit) and no body held every slot,
+/// and every new connection was refused. A request waiting for its body
+/// counts as idle (the cap may close it for a scrape) and has 5 s for the
+/// whole body; another site's post is refused before the body is read.
+#[test]
+fn form_heads_without_bodies_do_not_hold_the_device() {
+    let d = Daemon::start("", Some(&no_password_mode()));
+    let head = |origin: &str| {
+        format!(
+            "POST /settings/token HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1024\r\n\r\n",
+            d.addr
+        )
+    };
+    let mut flood: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = TcpStream::connect(d.addr).unwrap();
+            s.write_all(head(&origin(d.addr)).as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(d.get("/metrics", &[]).status, 200, "a scrape beside the flood");
+    // Every flood connection ends: closed for the scrape, or 408 at its
+    // deadline.
+    let mut timed_out = 0;
+    for s in &mut flood {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        if parse_response(&buf).is_some_and(|r| r.status == 408) {
+            timed_out += 1;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(timed_out >= 60, "{timed_out} of 64 answered 408");
+
+    // Another site's head is refused at once, its body never waited for.
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.write_all(head("http://attacker.example").as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(parse_response(&buf[..n]).unwrap().status, 403);
 }

@@ -87,7 +87,7 @@ fn https_without_mtls_uses_the_same_authentication() {
     let mut tls11 = TlsClient::new(&c.ca.cert_pem());
     tls11.max_version = Some(openssl::ssl::SslVersion::TLS1_1);
     assert!(tls11.get(addr, "/healthz", &[]).is_err(), "TLS 1.1 must be refused");
-    let plain = std::panic::catch_unwind(|| raw(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+    let plain = std::panic::catch_unwind(|| raw(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"));
     assert!(plain.map(|r| r.status != 200).unwrap_or(true), "plaintext answered on the TLS port");
     let t = client.get(addr, "/metrics", &[("Authorization", &basic("admin", "pw"))]).unwrap().resp.text();
     assert!(sample(&t, "jetkvm_exporter_http_errors_total{reason=\"tls_handshake\"}").unwrap() >= 1.0);
@@ -149,7 +149,7 @@ fn mtls_accepts_only_verified_allowed_client_certificates() {
     );
     assert!(t.contains("tls=\"mtls\"} 1"));
     // Plaintext on the mTLS port gets nothing.
-    let plain = std::panic::catch_unwind(|| raw(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+    let plain = std::panic::catch_unwind(|| raw(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"));
     assert!(plain.map(|r| r.status != 200).unwrap_or(true));
 }
 
