@@ -104,7 +104,7 @@ fn general_speaks(config: &Config) -> Result<(Speak, String), String> {
     if mode == TlsMode::Off {
         return Ok((Speak::Plain, String::new()));
     }
-    match DeviceTls::new(config.device_tls_dir.clone()).current(&mode) {
+    match DeviceTls::new(config.device_tls_dir.clone(), config.host_names.clone()).current(&mode) {
         Serving::Tls(built) => {
             let (cert_file, _) = built.not_after.first().ok_or("device TLS: no certificate served")?;
             let speak = Speak::Tls { sni: built.hosts.first().cloned(), cert: leaf(cert_file)?, mtls: false };

@@ -11,7 +11,7 @@ use actix_web::http::header::{self, HeaderMap};
 
 use super::Listener;
 use crate::config::Config;
-use crate::tls::device::{Serving, DEFAULT_HOST};
+use crate::tls::device::{device_names, Serving, DEFAULT_HOST};
 
 /// The host name the client used, without its port (brackets kept for
 /// IPv6); `jetkvm.local` when it sent none.
@@ -34,14 +34,7 @@ pub fn known(name: &str, config: &Config, listener: &Listener) -> bool {
     let name = name.trim_start_matches('[').trim_end_matches(']');
     if name.parse::<std::net::IpAddr>().is_ok()
         || name.eq_ignore_ascii_case("localhost")
-        || name.eq_ignore_ascii_case(DEFAULT_HOST)
-        || config.host_names.iter().any(|h| h.eq_ignore_ascii_case(name))
-    {
-        return true;
-    }
-    let system = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-    if !system.is_empty()
-        && (name.eq_ignore_ascii_case(&system) || name.eq_ignore_ascii_case(&format!("{system}.local")))
+        || device_names(&config.host_names).iter().any(|h| h.eq_ignore_ascii_case(name))
     {
         return true;
     }

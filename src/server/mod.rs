@@ -117,9 +117,9 @@ impl State {
             addr: config.listen_addr,
             bound: Default::default(),
             tls: None,
-            device_tls: config
-                .follow_device_tls
-                .then(|| Arc::new(tls::DeviceTls::new(config.device_tls_dir.clone()))),
+            device_tls: config.follow_device_tls.then(|| {
+                Arc::new(tls::DeviceTls::new(config.device_tls_dir.clone(), config.host_names.clone()))
+            }),
             serves_metrics: config.metrics_service.is_none(),
         })];
         if let Some(ms) = &config.metrics_service {

@@ -174,8 +174,10 @@ async fn request(
 /// to: a site that rebound its own name to the device's address, reading
 /// it from a visitor's browser (see `host`).
 async fn foreign_host(req: &ServiceRequest, state: &State, listener: &Listener) -> bool {
-    let no_password = matches!(state.auth.device().current().await, Ok(d) if d.mode == AuthMode::NoPassword);
-    no_password && !super::host::known(&super::host::request_host(req.headers()), &state.config, listener)
+    // The name first: the device's state is read only for a name it does
+    // not know (a read may wait out a torn write).
+    !super::host::known(&super::host::request_host(req.headers()), &state.config, listener)
+        && matches!(state.auth.device().current().await, Ok(d) if d.mode == AuthMode::NoPassword)
 }
 
 /// The request head's size as it came on the wire (request line, each

@@ -2,12 +2,16 @@
 //! the device's config, certificates under `device_tls_dir`):
 //! - `custom`: `user-defined.crt` and `.key`;
 //! - `self-signed`: a leaf `<host>.crt`/`.key` per host name, issued by the
-//!   device's CA `__ca__.crt` when a host is first asked for. A client's
-//!   SNI picks the leaf of that name; without SNI (or for a name with no
-//!   leaf yet) the default host's, `jetkvm.local`, else the first by name.
+//!   device's CA `__ca__.crt` when a host is first asked for. The device
+//!   issues one for any name a client sends it, so the directory is
+//!   attacker-fed: only the leaves of the names the device is known by are
+//!   served ([`device_names`]: `jetkvm.local`, the system's host name alone
+//!   and with `.local`, and `host_names`), never a scan of the directory. A
+//!   client's SNI picks the leaf of that name; without SNI (or for a name
+//!   with no leaf) the default host's, `jetkvm.local`, else the first.
 //!
-//! The files are stat'ed when a connection arrives (the directory too, for
-//! leaves the device adds) and rebuilt when they change. A changed file
+//! The files are stat'ed when a connection arrives (at most two per known
+//! name and the CA) and rebuilt when they change. A changed file
 //! that does not load leaves the previous certificates serving, as the
 //! metrics service does. While the device wants TLS and no certificate of
 //! its mode is usable (self-signed before the device has issued one), the
@@ -63,13 +67,38 @@ struct State {
 
 pub struct DeviceTls {
     dir: PathBuf,
+    /// `host_names`: names served beside the default and the host name.
+    names: Vec<String>,
     state: Mutex<State>,
 }
 
+/// The names the device is known by: `jetkvm.local`, the system's host name
+/// alone and with `.local`, and `extra` (`host_names`), lowercase, each
+/// once. Bounded by the configuration, whatever a client asks for.
+pub fn device_names(extra: &[String]) -> Vec<String> {
+    let system = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let mut names = vec![DEFAULT_HOST.to_owned()];
+    let system = system.to_ascii_lowercase();
+    if !system.is_empty() && system != "localhost" {
+        names.push(format!("{system}.local"));
+        names.push(system);
+    }
+    names.extend(extra.iter().map(|n| n.to_ascii_lowercase()));
+    let mut seen = Vec::with_capacity(names.len());
+    names.retain(|n| {
+        // A name that is no file name (the host name is the system's).
+        let usable = !n.contains('/') && n != "." && n != ".." && !seen.contains(n);
+        seen.push(n.clone());
+        usable
+    });
+    names
+}
+
 impl DeviceTls {
-    pub fn new(dir: PathBuf) -> DeviceTls {
+    pub fn new(dir: PathBuf, names: Vec<String>) -> DeviceTls {
         DeviceTls {
             dir,
+            names,
             state: Mutex::new(State {
                 mode: TlsMode::Off,
                 stamp: Stamp::default(),
@@ -163,14 +192,14 @@ impl DeviceTls {
         s.serving.clone()
     }
 
-    /// The files a mode's certificates live in, the directory first (its
-    /// time changes when the device adds a leaf).
+    /// The files a mode's certificates live in: a bounded set, missing ones
+    /// included (a leaf the device issues later appears there).
     fn files(&self, mode: &TlsMode) -> Vec<PathBuf> {
         match mode {
             TlsMode::Custom => vec![self.pem(CUSTOM_NAME, "crt"), self.pem(CUSTOM_NAME, "key")],
             TlsMode::SelfSigned => {
-                let mut v = vec![self.dir.clone(), self.pem(CA_NAME, "crt")];
-                for host in self.leaf_names() {
+                let mut v = vec![self.pem(CA_NAME, "crt")];
+                for host in device_names(&self.names) {
                     v.push(self.pem(&host, "crt"));
                     v.push(self.pem(&host, "key"));
                 }
@@ -184,16 +213,10 @@ impl DeviceTls {
         self.dir.join(format!("{name}.{ext}"))
     }
 
-    /// Host names with a `.crt` in the directory, sorted; the CA and the
-    /// custom certificate are not leaves of the self-signed mode.
+    /// The device's names that have a leaf (a `.crt`), the default first.
     fn leaf_names(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".crt")).map(str::to_owned))
-            .filter(|n| n != CA_NAME && n != CUSTOM_NAME && !n.is_empty())
-            .collect();
-        names.sort();
+        let mut names = device_names(&self.names);
+        names.retain(|n| self.pem(n, "crt").exists());
         names
     }
 
@@ -219,13 +242,13 @@ impl DeviceTls {
     }
 
     fn self_signed(&self) -> Result<Built, String> {
-        let mut names = self.leaf_names();
+        let names = self.leaf_names();
         if names.is_empty() {
-            return Err(format!("key \"device_tls_dir\": {}: no certificate issued yet", self.dir.display()));
-        }
-        if let Some(i) = names.iter().position(|n| n == DEFAULT_HOST) {
-            let d = names.remove(i);
-            names.insert(0, d);
+            return Err(format!(
+                "key \"device_tls_dir\": {}: no certificate issued yet for {}",
+                self.dir.display(),
+                device_names(&self.names).join(", ")
+            ));
         }
         let mut pairs = Vec::new();
         let mut problems = Vec::new();

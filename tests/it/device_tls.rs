@@ -98,7 +98,12 @@ fn set_mode(d: &Daemon, mode: &str) {
 
 #[test]
 fn mode_switches_while_running_with_a_real_client_at_each_step() {
-    let d = Daemon::start("", Some(&password_mode_tls(&hash("pw", Version::TwoA, 4), SESSION, "")));
+    // kvm.lan: a name the owner configured (the device's issued leaves are
+    // served for configured names only).
+    let d = Daemon::start(
+        "host_names = [\"kvm.lan\"]\n",
+        Some(&password_mode_tls(&hash("pw", Version::TwoA, 4), SESSION, "")),
+    );
     let tls = d.dir.path("tls");
     let (k, v) = cookie();
     let c = [(k, v.as_str())];
@@ -345,4 +350,96 @@ fn a_prometheus_https_job_stays_up_across_a_certificate_rotation() {
     assert_eq!(query(port, &q), Some(1.0), "a scrape failed across the rotation");
     // And the old way in, plain HTTP, gets nothing.
     assert_eq!(d.get("/metrics", &[]).status, 400);
+}
+
+/// What the daemon read from files and held, as the kernel counts it.
+fn read_bytes_and_rss(pid: u32) -> (u64, u64) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let rchar = io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().trim().parse().unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let rss: u64 = smaps
+        .lines()
+        .find_map(|l| l.strip_prefix("Rss:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    (rchar, rss * 1024)
+}
+
+/// Regression: the device issues and saves a leaf for any name a client
+/// sends its HTTPS server, and the daemon stat'ed, loaded (one SSL context
+/// each), logged, exported and trusted as a `Host` every leaf in the
+/// directory: 3,000 such leaves took it from 8.8 to 160 MB. Only the
+/// leaves of the names the device is known by are served now. 3,000 leaves
+/// appear while a client keeps connecting, asking for names of its own:
+/// what the daemon reads, holds, exports and logs stays bounded.
+#[test]
+fn an_attacker_fed_certificate_store_stays_bounded() {
+    let d =
+        Daemon::start("", Some(&password_mode_tls(&hash("pw", Version::TwoA, 4), SESSION, "self-signed")));
+    let tls = d.dir.path("tls");
+    let ca = device_ca(&tls);
+    write_pair(&tls, "jetkvm.local", &pki::leaf(&ca, "jetkvm.local", &["jetkvm.local"], false, -1, 30), &ca);
+    let (_, cert) = https(d.addr, &ca.cert_pem(), Some("jetkvm.local"), "/healthz", &[]).unwrap();
+    assert_eq!(names(&cert), ["jetkvm.local"]);
+    let pid = d.child.id();
+    let (read_before, rss_before) = read_bytes_and_rss(pid);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, addr) = (stop.clone(), d.addr);
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Its own name each time, as one makes the device issue
+                // leaves; the daemon answers with the device's default.
+                let sni = format!("host-{n}.attacker.example");
+                if let Ok(cert) = https_unverified(addr, &sni) {
+                    assert_eq!(names(&cert), ["jetkvm.local"]);
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let leaf = pki::leaf(&ca, "attacker", &["attacker.example"], false, -1, 30);
+    for i in 0..3000 {
+        write_pair(&tls, &format!("host-{i}.attacker.example"), &leaf, &ca);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let connections = client.join().unwrap() as u64;
+    assert!(connections > 20, "{connections} connections");
+
+    let c = cookie();
+    let (r, _) = https(d.addr, &ca.cert_pem(), Some("jetkvm.local"), "/metrics", &[(c.0, &c.1)]).unwrap();
+    let series = r
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("jetkvm_exporter_tls_certificate_not_after_seconds{"))
+        .count();
+    assert_eq!(series, 1, "{}", r.text());
+    let (read_after, rss_after) = read_bytes_and_rss(pid);
+    // Socket reads of each connection, no certificate files.
+    let per_connection = (read_after - read_before) / (connections + 1);
+    assert!(per_connection < 16 * 1024, "{per_connection} bytes read per connection");
+    assert!(rss_after < rss_before + 16 * 1024 * 1024, "RSS {rss_before} -> {rss_after}");
+    let log = d.log();
+    assert!(!log.contains("attacker.example"), "an issued leaf's name reached the log");
+    assert!(log.matches("device TLS").count() <= 3, "{log}");
+}
+
+/// An HTTPS handshake with `sni`, verifying nothing: the certificate served.
+fn https_unverified(addr: SocketAddr, sni: &str) -> Result<X509, String> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let s =
+        b.build().configure().unwrap().verify_hostname(false).connect(sni, tcp).map_err(|e| e.to_string())?;
+    let cert = s.ssl().peer_certificate().ok_or("no certificate")?;
+    Ok(cert)
 }
