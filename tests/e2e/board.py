@@ -22,6 +22,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -125,6 +126,12 @@ class Board:
     def secret(self, name):
         with open(f"{self.state}/secrets/{name}") as f:
             return f.read().strip()
+
+    def console_text(self):
+        """The console log without the kernel's own lines, which can land in
+        the middle of an init script's "Starting ...: OK"."""
+        with open(f"{self.state}/console.log", errors="replace") as f:
+            return re.sub(r"\[ *\d+\.\d+\] [^\r\n]*\r?\n", "", f.read())
 
     def qemu_pid(self):
         with open(f"{self.state}/qemu.pid") as f:
@@ -250,7 +257,7 @@ def main():
         with open(f"{board.state}/boot-to-scrape-seconds") as f:
             print(f"board up: first successful scrape {f.read().strip()}s after power-on", flush=True)
         check("board: daemon started by BusyBox init from S95jetkvm-metrics",
-              "supervise" in board.sh("ps") and "Starting jetkvm-metrics: OK" in open(f"{board.state}/console.log", errors="replace").read())
+              "supervise" in board.sh("ps") and "Starting jetkvm-metrics: OK" in board.console_text())
         check("board: no C library in the image", board.sh("ls /lib/ld-* /lib/libc.so* 2>/dev/null | wc -l").strip() == "0")
         # The system version is told to a client on the device (the update's
         # probe), never to the LAN.
@@ -392,8 +399,10 @@ def main():
         qpid = board.qemu_pid()
         board.sh("poweroff", timeout=5)
         until("board powered off", lambda: not os.path.exists(f"/proc/{qpid}"), 60)
-        log = open(f"{board.state}/console.log", errors="replace").read()
-        check("board: clean shutdown stopped the daemon", "Stopping jetkvm-metrics: OK" in log and "Power down" in log)
+        log = board.console_text()
+        with open(f"{board.state}/console.log", errors="replace") as f:
+            kernel = f.read()
+        check("board: clean shutdown stopped the daemon", "Stopping jetkvm-metrics: OK" in log and "reboot: Power down" in kernel)
         print(f"e2e run took {time.monotonic() - t0:.0f}s", flush=True)
     except Exception as e:  # report, keep the console log
         failed = True
