@@ -143,6 +143,14 @@ impl PasswordVerifier {
         (mac.sign(&[hash.as_bytes()]), mac.sign(&[hash.as_bytes(), &client, password]))
     }
 
+    /// Names this password from this client against this hash, for the
+    /// failure budget's record of what the client tried.
+    pub fn fingerprint(&self, hash: &str, client: IpAddr, password: &[u8]) -> super::ratelimit::Fingerprint {
+        let mut fp = [0; 16];
+        fp.copy_from_slice(&self.macs(hash, client, password).1[..16]);
+        fp
+    }
+
     /// What was remembered of this password from this client: `Some(true)`
     /// verified, `Some(false)` refused, `None` never checked. Every entry is
     /// compared, in constant time, whatever the answer.

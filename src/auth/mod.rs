@@ -4,26 +4,27 @@
 //! The rule is "any": a request is allowed if any credential it presents is
 //! valid. In order:
 //! 1. a client certificate verified by the mTLS listener;
-//! 2. one unit of the client's failure budget is taken before anything is
-//!    checked (and given back if the request is allowed);
-//! 3. the metrics token (bearer, or as the basic-auth password), whatever
+//! 2. the metrics token (bearer, or as the basic-auth password), whatever
 //!    the device's state;
-//! 4. the device's state: no-password mode passes everything; missing,
+//! 3. the device's state: no-password mode passes everything; missing,
 //!    unreadable, torn or not-set-up state refuses (fail closed);
-//! 5. the device's session cookie;
-//! 6. the device password by basic auth (unless `auth.device_password`
-//!    is false): remembered verdicts for this client first, then bcrypt.
+//! 4. the device's session cookie;
+//! 5. the device password by basic auth (unless `auth.device_password`
+//!    is false): remembered verdicts for this client first, then bcrypt if
+//!    the client's failure budget allows (`ratelimit`).
 //!
 //! The settings page uses the same decision without the read-only
 //! credentials (`decide_settings`): only whoever the device itself lets in
-//! (steps 4-6) may manage the token.
+//! (steps 3-5) may manage the token.
 //!
-//! A client over its budget still gets the checks whose secrets are 128 or
-//! more random bits (certificate, token, cookie) and a password it proved
-//! from its own address while within budget. Any other password, right or
-//! wrong, gets the same answer, 429, and costs one more unit: over budget
-//! nothing can be learnt about the device password. bcrypt for clients not
-//! yet known good also draws on one shared budget (`ratelimit`).
+//! Only passwords cost budget: the other secrets are 128 or more random
+//! bits and are checked whatever the budget. A password this client proved
+//! is still accepted over budget, and one it was told is wrong is refused
+//! again, both at no cost. Any other password, right or wrong, gets the
+//! same answer over budget, 429: nothing can be learnt about the device
+//! password. Other refusals of a client over budget are 429 too, at no
+//! cost. A request with no credential at all costs nothing and is never
+//! 429: a web page can make the owner's browser send those.
 
 pub mod basic;
 pub mod client_cert;
@@ -39,7 +40,7 @@ use crate::config::Config;
 use crate::crypto::Mac;
 use crate::device::{AuthMode, DeviceState};
 use basic::{Authorization, PasswordVerifier, Verdict};
-use ratelimit::FailureLimiter;
+use ratelimit::{Checked, FailureLimiter, Guess};
 use token::TokenStore;
 
 /// A credential header that does not parse: answered 400.
@@ -278,20 +279,19 @@ impl Authenticator {
     }
 
     async fn budgeted(&self, req: &Request<'_>, purpose: Use) -> Outcome {
-        let ticket = self.limiter.take(req.peer);
-        match self.credentials(req, ticket.within, purpose).await {
-            allowed @ Outcome::Allow(_) => {
-                self.limiter.allowed(&ticket);
-                allowed
-            }
-            _ if !ticket.within => Outcome::Limited(ticket.retry_after),
-            refused => refused,
+        // Over budget as the request arrived (what the request itself
+        // spends does not turn its own answer into a 429).
+        let over = if credential_less(req) { None } else { self.limiter.over_budget(req.peer) };
+        let outcome = self.credentials(req, purpose).await;
+        match (outcome, over) {
+            (Outcome::Allow(_), _) => self.limiter.allowed(req.peer),
+            (Outcome::Deny(_), Some(retry)) => return Outcome::Limited(retry),
+            _ => {}
         }
+        outcome
     }
 
-    /// `within`: whether the client has failure budget left, which a
-    /// password not yet proved from this client needs.
-    async fn credentials(&self, req: &Request<'_>, within: bool, purpose: Use) -> Outcome {
+    async fn credentials(&self, req: &Request<'_>, purpose: Use) -> Outcome {
         let authorization = basic::parse(req.authorization);
         // The token first: it does not depend on the device's state.
         let presented = match &authorization {
@@ -339,7 +339,7 @@ impl Authenticator {
                 let Some(hash) = &device.hashed_password else {
                     return Outcome::Deny(Reason::BadPassword);
                 };
-                self.password(hash, req.peer, password.as_bytes(), within).await
+                self.password(hash, req.peer, password.as_bytes()).await
             }
             Some(Authorization::Bearer(_)) => Outcome::Deny(token_refusal.unwrap_or(Reason::BadToken)),
             Some(Authorization::Other) => Outcome::Deny(Reason::UnsupportedScheme),
@@ -348,24 +348,37 @@ impl Authenticator {
         }
     }
 
-    async fn password(&self, hash: &str, peer: IpAddr, password: &[u8], within: bool) -> Outcome {
+    async fn password(&self, hash: &str, peer: IpAddr, password: &[u8]) -> Outcome {
         if password.len() > basic::MAX_PASSWORD {
             return Outcome::Deny(Reason::PasswordTooLong);
         }
         match self.passwords.recall(hash, peer, password) {
             Some(true) => return Outcome::Allow(Method::Password),
             Some(false) => return Outcome::Deny(Reason::BadPassword),
-            // Over budget, right and wrong alike: nothing is checked.
-            None if !within => return Outcome::Deny(Reason::RateLimited),
             None => {}
         }
+        let ticket = match self.limiter.guess(peer, &self.passwords.fingerprint(hash, peer, password)) {
+            Guess::KnownWrong => return Outcome::Deny(Reason::BadPassword),
+            Guess::InFlight => return Outcome::Deny(Reason::Busy),
+            // Right and wrong alike: nothing is checked.
+            Guess::Limited(retry) => return Outcome::Limited(retry),
+            Guess::Check(ticket) => ticket,
+        };
         if !self.limiter.known_good(peer) && self.limiter.take_unverified().is_err() {
+            ticket.finish(Checked::NotRun);
             return Outcome::Deny(Reason::Throttled);
         }
-        match self.passwords.verify(hash, peer, password).await {
-            Verdict::Ok => Outcome::Allow(Method::Password),
-            Verdict::Wrong => Outcome::Deny(Reason::BadPassword),
-            Verdict::Busy => Outcome::Deny(Reason::Busy),
-        }
+        let (checked, outcome) = match self.passwords.verify(hash, peer, password).await {
+            Verdict::Ok => (Checked::Right, Outcome::Allow(Method::Password)),
+            Verdict::Wrong => (Checked::Wrong, Outcome::Deny(Reason::BadPassword)),
+            Verdict::Busy => (Checked::NotRun, Outcome::Deny(Reason::Busy)),
+        };
+        ticket.finish(checked);
+        outcome
     }
+}
+
+/// No `Authorization` header and no session cookie: nothing to guess with.
+fn credential_less(req: &Request<'_>) -> bool {
+    req.authorization.is_empty() && cookie::session_tokens(req.cookies).is_ok_and(|t| t.is_empty())
 }

@@ -249,38 +249,6 @@ fn pending_certificates_show_in_listener_info_and_the_log() {
     assert!(t.contains("address=\"") && t.contains("tls=\"tls\""), "{t}");
 }
 
-/// Percent-encodes a PromQL query for a URL.
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// The single value of an instant query, if there is one.
-fn query(prometheus: SocketAddr, q: &str) -> Option<f64> {
-    let req = request(&prometheus.to_string(), &format!("/api/v1/query?query={}", encode(q)), &[]);
-    // Not `exchange`: Go's server cancels a query whose client half-closes.
-    let mut s = TcpStream::connect(prometheus).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(req.as_bytes()).ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let r = parse_response(&buf)?;
-    let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
-    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[test]
 fn a_prometheus_https_job_stays_up_across_a_certificate_rotation() {
     let d =
@@ -308,28 +276,11 @@ fn a_prometheus_https_job_stays_up_across_a_certificate_rotation() {
         p.0.display(),
         d.addr
     );
-    let config_file = p.write("prometheus.yml", &config);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _prometheus = Kill(
-        std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.tsdb.path={}", p.path("data").display()))
-            .arg(format!("--web.listen-address={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian package prometheus) must be installed"),
-    );
-    wait_for("the job to be up", || query(port, "up{job=\"jetkvm\"}") == Some(1.0));
+    let prometheus = Prometheus::start(p, &config);
+    let query = |q: &str| prometheus.query(q);
+    wait_for("the job to be up", || query("up{job=\"jetkvm\"}") == Some(1.0));
     let up_since = Instant::now();
-    let not_after = || query(port, "max(jetkvm_exporter_tls_certificate_not_after_seconds{job=\"jetkvm\"})");
+    let not_after = || query("max(jetkvm_exporter_tls_certificate_not_after_seconds{job=\"jetkvm\"})");
     wait_for("the certificate's expiry, scraped", || not_after().is_some());
     let before = not_after().unwrap();
 
@@ -343,11 +294,10 @@ fn a_prometheus_https_job_stays_up_across_a_certificate_rotation() {
     // scrapes late), and not one failed.
     let window = || up_since.elapsed().as_secs().max(2) - 1;
     wait_for("three scrapes since up", || {
-        query(port, &format!("count_over_time(up{{job=\"jetkvm\"}}[{}s])", window()))
-            .is_some_and(|n| n >= 3.0)
+        query(&format!("count_over_time(up{{job=\"jetkvm\"}}[{}s])", window())).is_some_and(|n| n >= 3.0)
     });
     let q = format!("min_over_time(up{{job=\"jetkvm\"}}[{}s])", window());
-    assert_eq!(query(port, &q), Some(1.0), "a scrape failed across the rotation");
+    assert_eq!(query(&q), Some(1.0), "a scrape failed across the rotation");
     // And the old way in, plain HTTP, gets nothing.
     assert_eq!(d.get("/metrics", &[]).status, 400);
 }

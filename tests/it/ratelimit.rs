@@ -13,13 +13,17 @@ fn a_misconfigured_job_does_not_lock_out_a_good_job_of_the_same_server() {
         Some(&password_mode(&hash("right", Version::TwoA, 4), "sess")),
     );
     let good = basic("admin", "right");
-    let bad = basic("admin", "wrong");
     // The good job proves the password while the server is within budget.
     assert_eq!(get_from("127.0.0.2", d.addr, "/metrics", &[("Authorization", &good)]).status, 200);
-    for _ in 0..3 {
+    for i in 0..3 {
+        let bad = basic("admin", &format!("wrong{i}"));
         assert_eq!(get_from("127.0.0.2", d.addr, "/metrics", &[("Authorization", &bad)]).status, 401);
+        // A password already found wrong is refused again at no cost (and
+        // while over budget, with the same 429 as anything else).
+        let again = get_from("127.0.0.2", d.addr, "/metrics", &[("Authorization", &bad)]).status;
+        assert_eq!(again, if i < 2 { 401 } else { 429 });
     }
-    let r = get_from("127.0.0.2", d.addr, "/metrics", &[("Authorization", &bad)]);
+    let r = get_from("127.0.0.2", d.addr, "/metrics", &[("Authorization", &basic("admin", "wrong3"))]);
     assert_eq!(r.status, 429);
     assert!(r.header("retry-after").is_some());
     // Over budget: the password this client proved, and the session
@@ -30,8 +34,8 @@ fn a_misconfigured_job_does_not_lock_out_a_good_job_of_the_same_server() {
     // Another client is not affected, and verifies the password itself.
     assert_eq!(get_from("127.0.0.3", d.addr, "/metrics", &[("Authorization", &good)]).status, 200);
     let t = d.get("/metrics", &[("Authorization", &good)]).text();
-    assert_eq!(sample(&t, "jetkvm_exporter_auth_failures_total{reason=\"rate_limited\"}"), Some(2.0));
-    assert_eq!(sample(&t, "jetkvm_exporter_auth_failures_total{reason=\"bad_password\"}"), Some(3.0));
+    assert_eq!(sample(&t, "jetkvm_exporter_auth_failures_total{reason=\"rate_limited\"}"), Some(3.0));
+    assert_eq!(sample(&t, "jetkvm_exporter_auth_failures_total{reason=\"bad_password\"}"), Some(5.0));
 }
 
 /// Regression: the attack on the limiter. Once over budget, a password
@@ -44,20 +48,24 @@ fn over_budget_the_right_and_a_wrong_password_get_the_same_answer() {
     let bad = basic("admin", "wrong");
     // Prometheus scrapes with the password: it is remembered, for it.
     assert_eq!(get_from("127.0.0.2", d.addr, "/metrics", &[("Authorization", &good)]).status, 200);
-    // Two attackers each spend the budget (10) without credentials, then
+    // Two attackers each spend the budget (10) on wrong passwords, then
     // one tries the right password, the other a wrong one.
     let mut answers = Vec::new();
     for (attacker, guess) in [("127.0.0.9", &good), ("127.0.0.10", &bad)] {
-        for _ in 0..10 {
-            assert_eq!(get_from(attacker, d.addr, "/metrics", &[]).status, 401);
+        for i in 0..10 {
+            let r =
+                get_from(attacker, d.addr, "/metrics", &[("Authorization", &basic("a", &format!("w{i}")))]);
+            // Checked, or not (the shared budget of unknown clients is
+            // spent): a new password costs its unit either way.
+            assert!(matches!(r.status, 401 | 503), "{}", r.status);
         }
         let r = get_from(attacker, d.addr, "/metrics", &[("Authorization", guess)]);
         answers.push((r.status, r.header("retry-after").map(str::to_owned), r.text()));
     }
     assert_eq!(answers[0].0, 429, "{answers:?}");
     assert_eq!(answers[0], answers[1]);
-    // Guessing fast keeps it that way: every refused guess costs one more,
-    // so none is ever checked, the right one included.
+    // Guessing fast keeps it that way: every new password refused costs one
+    // more, so none is ever checked, the right one included.
     for i in 0..200 {
         let r =
             get_from("127.0.0.9", d.addr, "/metrics", &[("Authorization", &basic("a", &format!("g{i}")))]);
@@ -65,8 +73,9 @@ fn over_budget_the_right_and_a_wrong_password_get_the_same_answer() {
     }
     let r = get_from("127.0.0.9", d.addr, "/metrics", &[("Authorization", &good)]);
     assert_eq!(r.status, 429);
-    // The Retry-After grows with the debt, up to (burst + 1) intervals.
-    assert_eq!(r.header("retry-after"), Some("66"));
+    // The Retry-After grows with the debt, up to `burst` intervals: then
+    // the password refused unchecked (paid for) is checked.
+    assert_eq!(r.header("retry-after"), Some("60"));
     // Prometheus itself is not affected.
     assert_eq!(get_from("127.0.0.2", d.addr, "/metrics", &[("Authorization", &good)]).status, 200);
 }
@@ -233,4 +242,116 @@ fn a_flood_of_wrong_passwords_does_not_stop_verified_scrapes() {
     assert!(d.child.id() > 0);
     let t = get_from("127.0.0.2", d.addr, "/metrics", &[("Authorization", &good)]).text();
     assert!(sample(&t, "jetkvm_exporter_auth_failures_total{reason=\"bad_password\"}").unwrap() >= 1.0);
+}
+
+/// Runs `f` on a thread in a network namespace of its own (processes it
+/// starts are in it too), whose loopback holds `addresses`.
+fn in_netns(addresses: &[&str], f: impl FnOnce() + Send + 'static) {
+    let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+    std::thread::spawn(move || {
+        // SAFETY: unshare only changes this thread's namespaces.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET) needs root: {}", std::io::Error::last_os_error());
+        let ip = |args: &str| {
+            let ok = std::process::Command::new("ip").args(args.split(' ')).status();
+            assert!(ok.expect("ip (iproute2) must be installed").success(), "ip {args}");
+        };
+        ip("link set lo up");
+        for a in &addresses {
+            ip(&format!("addr add {a} dev lo nodad"));
+        }
+        f();
+    })
+    .join()
+    .unwrap();
+}
+
+/// Regression: an IPv6 /64 was one client, so with SLAAC (one /64 for the
+/// whole LAN) one attacker kept every IPv6 host's password checks at 429;
+/// and every request cost budget, even one without any credential (which a
+/// web page can make the owner's browser send).
+#[test]
+fn ipv6_neighbours_and_credential_less_requests_leave_a_hosts_budget_alone() {
+    in_netns(&["2001:db8::1/64", "2001:db8::2/64", "2001:db8::3/64", "2001:db8::4/64"], || {
+        let d = Daemon::start(
+            "listen_addr = \"[2001:db8::1]:0\"\n[auth]\nfailure_burst = 3\nfailure_interval = \"60s\"\n\
+             unverified_interval = \"100ms\"\n",
+            Some(&password_mode(&hash("right", Version::TwoA, 4), "")),
+        );
+        let good = basic("admin", "right");
+        // One address of the /64 spends its budget, and more.
+        let mut last = 0;
+        for i in 0..20 {
+            let bad = basic("admin", &format!("w{i}"));
+            last = get_from("2001:db8::2", d.addr, "/metrics", &[("Authorization", &bad)]).status;
+        }
+        assert_eq!(last, 429);
+        assert_eq!(get_from("2001:db8::2", d.addr, "/metrics", &[("Authorization", &good)]).status, 429);
+        // The shared budget of clients never allowed refills (100 ms).
+        std::thread::sleep(Duration::from_millis(400));
+        // Its neighbour on the same /64 is another host.
+        assert_eq!(get_from("2001:db8::3", d.addr, "/metrics", &[("Authorization", &good)]).status, 200);
+        // Requests without a credential cost nothing, however many.
+        for cookie in ["", "theme=dark"] {
+            for _ in 0..20 {
+                let r = get_from("2001:db8::4", d.addr, "/metrics", &[("Cookie", cookie)]);
+                assert_eq!(r.status, 401);
+            }
+        }
+        assert_eq!(get_from("2001:db8::4", d.addr, "/metrics", &[("Authorization", &good)]).status, 200);
+        let t = get_from("2001:db8::3", d.addr, "/metrics", &[("Authorization", &good)]).text();
+        assert_eq!(
+            sample(&t, "jetkvm_exporter_auth_failures_total{reason=\"missing_credentials\"}"),
+            Some(40.0)
+        );
+    });
+}
+
+/// Regression: after a password change, a Prometheus job still sending the
+/// old password kept its server's address in debt, so the job given the new
+/// password never had it checked (429 on every scrape). The budget now
+/// counts distinct passwords: the stale job costs one unit, not one a
+/// scrape.
+#[test]
+fn a_stale_job_does_not_lock_out_the_updated_one_across_a_password_change() {
+    let d = Daemon::start(
+        "[auth]\nfailure_burst = 3\nfailure_interval = \"60s\"\n",
+        Some(&password_mode(&hash("old password", Version::TwoA, 4), "")),
+    );
+    let p = TempDir::new();
+    p.write("old", "old password");
+    p.write("new", "new password");
+    let job = |name: &str| {
+        format!(
+            "  - job_name: {name}\n    basic_auth:\n      username: admin\n      password_file: {}\n\
+             \x20   static_configs:\n      - targets: [\"{}\"]\n",
+            p.path(name).display(),
+            d.addr
+        )
+    };
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{}{}",
+        job("old"),
+        job("new")
+    );
+    let prometheus = Prometheus::start(p, &config);
+    let query = |q: &str| prometheus.query(q);
+    // The "new" job is ahead of the device: it fails scrape after scrape.
+    wait_for("the old job up, the new one down five times", || {
+        query("up{job=\"old\"}") == Some(1.0)
+            && query("count_over_time(up{job=\"new\"}[1m]) - sum_over_time(up{job=\"new\"}[1m])")
+                .is_some_and(|n| n >= 5.0)
+    });
+    // The owner changes the device password.
+    rewrite_in_place(&d.device_config(), &password_mode(&hash("new password", Version::TwoA, 4), ""));
+    let changed = Instant::now();
+    // Within a few scrapes the new job is up (the device state is read
+    // again on the next request), and the old one down.
+    wait_for("the new job up", || query("up{job=\"new\"}") == Some(1.0));
+    let up_after = changed.elapsed();
+    assert!(up_after < Duration::from_secs(20), "new job up {up_after:?} after the change");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(query("min_over_time(up{job=\"new\"}[5s])"), Some(1.0), "the new job went down again");
+    assert_eq!(query("max_over_time(up{job=\"old\"}[5s])"), Some(0.0), "the old password still works");
+    eprintln!("new job up {up_after:?} after the password change");
 }

@@ -112,8 +112,9 @@ impl Daemon {
             std::fs::create_dir_all(dir.path("tls")).unwrap();
             roots.push_str(&format!("device_tls_dir = \"{}\"\n", dir.path("tls").display()));
         }
+        let listen = if extra.contains("listen_addr") { "" } else { "listen_addr = \"127.0.0.1:0\"\n" };
         let config = format!(
-            "listen_addr = \"127.0.0.1:0\"\ndevice_config = \"{}\"\ntoken_file = \"{}\"\n{filesystems}{roots}{extra}",
+            "{listen}device_config = \"{}\"\ntoken_file = \"{}\"\n{filesystems}{roots}{extra}",
             dir.path("kvm_config.json").display(),
             dir.path("token.sha256").display(),
         );
@@ -516,8 +517,13 @@ impl TlsClient {
 pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let source: std::net::IpAddr = source.parse().unwrap();
+        let sock = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .unwrap();
+        sock.bind(SocketAddr::new(source, 0)).unwrap();
         let s = sock.connect(addr).await.unwrap();
         let s = s.into_std().unwrap();
         s.set_nonblocking(false).unwrap();
@@ -530,4 +536,65 @@ pub fn get_from(source: &str, addr: SocketAddr, path: &str, headers: &[(&str, &s
     let req = request(&addr.to_string(), path, headers);
     exchange(connect_from(source, addr), req.as_bytes())
         .unwrap_or_else(|_| panic!("no HTTP response from {addr}"))
+}
+
+/// The real Prometheus (Debian's `prometheus`) on a loopback port, with
+/// `config` as its configuration; killed on drop.
+pub struct Prometheus {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    pub fn start(dir: TempDir, config: &str) -> Prometheus {
+        let config_file = dir.write("prometheus.yml", config);
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus) must be installed");
+        Prometheus { child, addr, _dir: dir }
+    }
+
+    /// The single value of an instant query, if there is one.
+    pub fn query(&self, q: &str) -> Option<f64> {
+        let encoded: String = q
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let req = request(&self.addr.to_string(), &format!("/api/v1/query?query={encoded}"), &[]);
+        // Not `exchange`: Go's server cancels a query whose client half-closes.
+        let mut s = TcpStream::connect(self.addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).ok()?;
+        let r = parse_response(&buf)?;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it holds; fails the test after 60 s.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
