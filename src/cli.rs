@@ -10,7 +10,7 @@ const USAGE: &str = "\
 jetkvm-metrics: authenticated Prometheus metrics for the JetKVM
 
 USAGE:
-    jetkvm-metrics serve [--config FILE] [--pidfile FILE]
+    jetkvm-metrics serve [--config FILE] [--pidfile FILE] [--user NAME]
     jetkvm-metrics check-config [--config FILE]
     jetkvm-metrics token new|revoke|status [--config FILE]
     jetkvm-metrics probe [--config FILE]
@@ -45,6 +45,9 @@ OPTIONS:
                        missing or invalid is an error.
     -p, --pidfile FILE (serve) Write the daemon's pid here once it is
                        listening; removed when it stops.
+    -u, --user NAME    (serve) Once listening, become this user, keeping
+                       only CAP_DAC_READ_SEARCH (to read the device's
+                       root-only files), with no_new_privs. Needs root.
     -h, --help         Print this help.
     -V, --version      Print the version.
 
@@ -70,6 +73,7 @@ struct Args {
     command: Command,
     config: Option<PathBuf>,
     pidfile: Option<PathBuf>,
+    user: Option<String>,
 }
 
 enum Parsed {
@@ -84,6 +88,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
     let mut command = None;
     let mut config = None;
     let mut pidfile = None;
+    let mut user = None;
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Short('h') | Long("help") => return Ok(Parsed::Help),
@@ -93,6 +98,9 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
             }
             Short('p') | Long("pidfile") => {
                 pidfile = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?));
+            }
+            Short('u') | Long("user") => {
+                user = Some(p.value().map_err(|e| e.to_string())?.to_string_lossy().into_owned());
             }
             Value(v) if command.is_none() => {
                 command = Some(match v.to_str() {
@@ -121,9 +129,10 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
         }
     }
     match command {
-        Some(Command::Serve) => Ok(Parsed::Run(Args { command: Command::Serve, config, pidfile })),
+        Some(Command::Serve) => Ok(Parsed::Run(Args { command: Command::Serve, config, pidfile, user })),
         Some(_) if pidfile.is_some() => Err("--pidfile is an option of serve (try --help)".into()),
-        Some(command) => Ok(Parsed::Run(Args { command, config, pidfile })),
+        Some(_) if user.is_some() => Err("--user is an option of serve (try --help)".into()),
+        Some(command) => Ok(Parsed::Run(Args { command, config, pidfile, user })),
         None => Err("missing command: serve, check-config, token or probe (try --help)".into()),
     }
 }
@@ -148,7 +157,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
             0
         }
         Parsed::Run(Args { command: Command::CheckConfig, config, .. }) => check_config(config),
-        Parsed::Run(Args { command: Command::Serve, config, pidfile }) => serve(config, pidfile),
+        Parsed::Run(Args { command: Command::Serve, config, pidfile, user }) => serve(config, pidfile, user),
         Parsed::Run(Args { command: Command::Token(t), config, .. }) => token(t, config),
         Parsed::Run(Args { command: Command::Probe, config, .. }) => probe(config),
     }
@@ -237,10 +246,17 @@ fn check_config(path: Option<PathBuf>) -> i32 {
     }
 }
 
-fn serve(path: Option<PathBuf>, pidfile: Option<PathBuf>) -> i32 {
+fn serve(path: Option<PathBuf>, pidfile: Option<PathBuf>, user: Option<String>) -> i32 {
     crate::crypto::init();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let Some(config) = load(path.as_deref()) else { return 1 };
+    let user = match user.as_deref().map(crate::privilege::user).transpose() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("jetkvm-metrics: {e}");
+            return 1;
+        }
+    };
     // The metrics service's certificates are checked when it is built.
     if let Some(p) = config.check_roots().first() {
         eprintln!("jetkvm-metrics: {p}");
@@ -249,7 +265,7 @@ fn serve(path: Option<PathBuf>, pidfile: Option<PathBuf>) -> i32 {
     if path.is_none() && config.source != DEFAULT_PATH {
         log::info!("no {DEFAULT_PATH}: using built-in defaults");
     }
-    match crate::server::run(config, pidfile.as_deref()) {
+    match crate::server::run(config, pidfile.as_deref(), user.as_ref()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("jetkvm-metrics: {e}");

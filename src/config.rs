@@ -62,8 +62,13 @@ pub struct Keypair {
 
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Open connections at once; past it the oldest idle one is closed.
+    /// Open connections at once; past it an idle one of the client holding
+    /// the most is closed.
     pub max_connections: usize,
+    /// Open connections of one client address at once (capped by
+    /// `max_connections`); past it that client's own oldest idle one is
+    /// closed.
+    pub max_connections_per_client: usize,
     /// Time a client has to send a complete request head, also the idle
     /// time allowed between keep-alive requests.
     pub header_timeout: Duration,
@@ -113,6 +118,7 @@ impl Default for Config {
             token_file: "/userdata/jetkvm/metrics/token.sha256".into(),
             limits: Limits {
                 max_connections: 64,
+                max_connections_per_client: 8,
                 header_timeout: Duration::from_secs(10),
                 write_timeout: Duration::from_secs(10),
                 max_header_bytes: 8192,
@@ -183,6 +189,7 @@ struct RawKeypair {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_connections: Option<i64>,
+    max_connections_per_client: Option<i64>,
     header_timeout: Option<String>,
     write_timeout: Option<String>,
     max_header_bytes: Option<i64>,
@@ -339,6 +346,13 @@ impl Config {
                 1,
                 100_000,
                 dl.max_connections,
+            ),
+            max_connections_per_client: p.int(
+                "limits.max_connections_per_client",
+                raw.limits.max_connections_per_client,
+                1,
+                100_000,
+                dl.max_connections_per_client,
             ),
             header_timeout: p.duration(
                 "limits.header_timeout",

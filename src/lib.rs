@@ -19,6 +19,7 @@ pub mod config;
 pub mod crypto;
 pub mod device;
 pub mod metrics;
+pub mod privilege;
 pub mod probe;
 pub mod server;
 pub mod telemetry;

@@ -7,7 +7,9 @@
 //! revokes without a restart. The token works whatever the device's state.
 //!
 //! Whoever can write the file can choose the token: a file or directory
-//! writable by anyone but the daemon's owner (or root) refuses every token.
+//! writable by anyone but the daemon's user (or root) refuses every token.
+//! The init script gives the token's directory to the daemon's user; root's
+//! `token new` writes there as that user.
 //! Messages about the file never quote its lines: a pasted token may be
 //! among them.
 
@@ -120,8 +122,9 @@ pub fn status(path: &Path) -> Result<Option<Record>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {}", path.display(), io_reason(&e))),
     };
-    only_owner_writes(path, &meta)?;
-    only_owner_writes(parent(path), &fs::metadata(parent(path)).map_err(|e| io_err(parent(path), e))?)?;
+    let dir = fs::metadata(parent(path)).map_err(|e| io_err(parent(path), e))?;
+    only_owner_writes(parent(path), &dir, trusted_dir_owner(&dir))?;
+    only_owner_writes(path, &meta, Some(std::os::unix::fs::MetadataExt::uid(&dir)))?;
     match read(path) {
         Ok(text) => Record::parse(&text).map(Some).map_err(|e| format!("{}: {e}", path.display())),
         Err(e) => Err(io_err(path, e)),
@@ -136,12 +139,19 @@ fn io_err(path: &Path, e: std::io::Error) -> String {
     format!("{}: {}", path.display(), io_reason(&e))
 }
 
-/// Refuses a file or directory that someone other than the daemon's owner
-/// (or root, who can write anything anyway) could write.
-fn only_owner_writes(path: &Path, meta: &fs::Metadata) -> Result<(), String> {
+/// For root, the owner of the token's directory, whoever it is: root
+/// trusts what its configuration names (the init script gives that
+/// directory to the daemon's user).
+fn trusted_dir_owner(dir: &fs::Metadata) -> Option<u32> {
+    nix::unistd::geteuid().is_root().then(|| std::os::unix::fs::MetadataExt::uid(dir))
+}
+
+/// Refuses a file or directory that someone other than this process's
+/// user, root (who can write anything anyway) or `also` could write.
+fn only_owner_writes(path: &Path, meta: &fs::Metadata, also: Option<u32>) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me && meta.uid() != 0 {
+    if meta.uid() != me && meta.uid() != 0 && Some(meta.uid()) != also {
         return Err(format!(
             "{}: owned by uid {}, not by this daemon's user (uid {me})",
             path.display(),
@@ -175,12 +185,19 @@ fn write_atomically(path: &Path, content: &[u8]) -> Result<(), String> {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(dir, e))?;
     }
     // A token written where others can replace it would be refused anyway.
-    only_owner_writes(dir, &fs::metadata(dir).map_err(|e| err(dir, e))?)?;
+    let dir_meta = fs::metadata(dir).map_err(|e| err(dir, e))?;
+    let owner = trusted_dir_owner(&dir_meta);
+    only_owner_writes(dir, &dir_meta, owner)?;
     let name = path.file_name().ok_or_else(|| format!("{}: not a file name", path.display()))?;
     let tmp: PathBuf = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let _ = fs::remove_file(&tmp);
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        // Root writing into the daemon user's directory: the file is that
+        // user's, as if the daemon had written it.
+        if let Some(uid) = owner.filter(|u| *u != 0) {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(std::os::unix::fs::MetadataExt::gid(&dir_meta)))?;
+        }
         f.write_all(content)?;
         f.sync_all()?;
         fs::rename(&tmp, path)

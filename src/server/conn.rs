@@ -1,15 +1,18 @@
 //! A connection from accept to close, around actix's HTTP/1 dispatcher:
-//! the per-listener connection cap that evicts the oldest idle connection,
-//! the TLS handshake (a new context per connection, so rotated files apply
-//! at once), and the deadlines actix does not keep: a request head must
-//! arrive within `header_timeout` of the connection going idle (actix times
-//! only the first request), and a write may stall at most `write_timeout`
-//! (actix has no write timeout).
+//! the per-listener and per-client connection caps, which evict an idle
+//! connection of the client holding the most; the TLS handshake (a new
+//! context per connection, so rotated files apply at once; a few at once,
+//! one per client); and the deadlines actix does not keep: a request head
+//! must arrive within `header_timeout` of the connection going idle or its
+//! handshake ending (actix times only the first request), and a write may
+//! stall at most `write_timeout` (actix has no write timeout).
 
 use std::cell::{Cell, OnceCell};
+use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -124,7 +127,8 @@ fn connections(
     fn_factory(move || {
         let (state, listener, graceful) = (state.clone(), listener.clone(), graceful.clone());
         async move {
-            let tracker = Rc::new(Tracker::new(state.config.limits.max_connections));
+            let limits = &state.config.limits;
+            let tracker = Rc::new(Tracker::new(limits.max_connections, limits.max_connections_per_client));
             Ok(fn_service(move |tcp: TcpStream| {
                 let (state, listener, graceful, tracker) =
                     (state.clone(), listener.clone(), graceful.clone(), tracker.clone());
@@ -145,10 +149,13 @@ fn connections(
                     match tls {
                         None => serve(&state, &listener, graceful, &admitted.slot, io).await,
                         Some((acceptor, mtls)) => {
-                            let Some(stream) = handshake(&state, acceptor, mtls, &admitted.slot, io).await
-                            else {
+                            let Some(stream) = handshake(&state, acceptor, mtls, &admitted, io).await else {
                                 return Ok(());
                             };
+                            // The head deadline counts from here: a slow
+                            // handshake does not eat the request's time.
+                            admitted.slot.read_while_idle.store(false, Ordering::Release);
+                            admitted.slot.touch();
                             serve(&state, &listener, graceful, &admitted.slot, stream).await
                         }
                     }
@@ -225,12 +232,12 @@ async fn device_tls(
 /// A slot under the cap for a new connection, or `None` (counted) if every
 /// open connection is busy.
 fn accept(state: &State, tracker: &Rc<Tracker>, tcp: TcpStream) -> Option<(Admitted, Timed<TcpStream>)> {
-    let slot = tracker.admit(&state.telemetry)?;
-    let admitted = Admitted { tracker: tracker.clone(), slot };
     let peer = tcp.peer_addr().ok()?;
     let local = tcp.local_addr().ok()?;
-    let _ = tcp.set_nodelay(true);
     let peer_ip = peer.ip().to_canonical();
+    let slot = tracker.admit(peer_ip, &state.telemetry)?;
+    let admitted = Admitted { tracker: tracker.clone(), slot };
+    let _ = tcp.set_nodelay(true);
     let info = Rc::new(ConnInfo {
         peer,
         same_host: peer_ip.is_loopback() || peer_ip == local.ip().to_canonical(),
@@ -248,12 +255,30 @@ async fn handshake(
     state: &State,
     ssl: openssl::ssl::SslAcceptor,
     mtls: bool,
-    slot: &Slot,
+    admitted: &Admitted,
     io: Timed<TcpStream>,
 ) -> Option<TlsStream<Timed<TcpStream>>> {
     let peer = io.info.peer;
+    let slot = &admitted.slot;
+    let limit = state.config.limits.header_timeout;
+    // A turn is taken once the client has spoken (its ClientHello is
+    // there), so a connection that says nothing never holds one.
+    let turn = tokio::select! {
+        r = tokio::time::timeout(limit, async {
+            io.inner.readable().await.ok()?;
+            Some(admitted.tracker.handshake_turn(slot).await)
+        }) => r,
+        () = slot.evict.notified() => {
+            state.telemetry.evicted();
+            return None;
+        }
+    };
+    let Ok(Some(_turn)) = turn else {
+        state.telemetry.http_error(HttpError::Timeout);
+        return None;
+    };
     let mut acceptor = Acceptor::new(ssl);
-    acceptor.set_handshake_timeout(state.config.limits.header_timeout);
+    acceptor.set_handshake_timeout(limit);
     let service = ServiceFactory::<Timed<TcpStream>>::new_service(&acceptor, ()).await.ok()?;
     crate::tls::take_rejection();
     let result = tokio::select! {
@@ -373,6 +398,10 @@ fn classify(e: &actix_http::error::DispatchError) -> HttpError {
 /// One open connection.
 pub struct Slot {
     id: u64,
+    /// The client's address (IPv4-mapped IPv6 as IPv4).
+    client: IpAddr,
+    /// In its TLS handshake (holding a turn).
+    handshaking: AtomicBool,
     /// Requests being handled right now.
     busy: AtomicUsize,
     /// Since when no request has been in progress and nothing written.
@@ -457,41 +486,68 @@ impl Drop for BusyGuard {
 /// more (an evicted connection with nothing in progress closes at once).
 const CLOSING_MAX: usize = 4;
 
-/// Open connections of one listener, oldest first, and the cap.
+/// TLS handshakes one listener runs at once: the worker's time goes round
+/// clients, not to whoever opens the most connections.
+const MAX_HANDSHAKES: usize = 4;
+
+/// Open connections of one listener, oldest first, and the caps.
 struct Tracker {
     max: usize,
+    per_client: usize,
     next_id: AtomicU64,
     open: Mutex<Vec<Arc<Slot>>>,
+    /// A handshake ended: a turn may be free.
+    handshake_done: Notify,
 }
 
 impl Tracker {
-    fn new(max: usize) -> Self {
-        Tracker { max, next_id: AtomicU64::new(0), open: Mutex::new(Vec::new()) }
+    fn new(max: usize, per_client: usize) -> Self {
+        Tracker {
+            max,
+            per_client: per_client.min(max),
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(Vec::new()),
+            handshake_done: Notify::new(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot>>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot for a new connection. At the cap, the oldest idle connection
-    /// is told to close (a slowloris or a parked keep-alive); it stays in
-    /// the table until it has, and while it answers a request that came in
-    /// the moment it was chosen it counts against `CLOSING_MAX`. If every
-    /// connection is busy, or that many are lingering, the new one is
-    /// refused.
-    fn admit(&self, telemetry: &Telemetry) -> Option<Arc<Slot>> {
+    /// A slot for a new connection from `client`. A client at its own
+    /// limit makes room among its own connections; at the listener's cap,
+    /// the client holding the most connections gives up its oldest idle one
+    /// (a flood from one address pushes out its own, not another client's
+    /// keep-alive). The connection chosen is told to close (a slowloris, a
+    /// parked keep-alive, a handshake not finished); it stays in the table
+    /// until it has, and while it answers a request that came in the moment
+    /// it was chosen it counts against `CLOSING_MAX`. If nothing can be
+    /// chosen, or that many are lingering, the new one is refused.
+    fn admit(&self, client: IpAddr, telemetry: &Telemetry) -> Option<Arc<Slot>> {
         let mut open = self.lock();
-        let active = open.iter().filter(|s| !s.evicted.load(Ordering::Acquire)).count();
-        if active >= self.max {
+        let live = |s: &&Arc<Slot>| !s.evicted.load(Ordering::Acquire);
+        let idle = |s: &&Arc<Slot>| s.busy.load(Ordering::Acquire) == 0;
+        let mine = open.iter().filter(live).filter(|s| s.client == client).count();
+        let total = open.iter().filter(live).count();
+        let victim = if mine >= self.per_client {
+            Some(open.iter().filter(live).filter(|s| s.client == client).find(idle))
+        } else if total >= self.max {
+            let mut held: HashMap<IpAddr, usize> = HashMap::new();
+            for s in open.iter().filter(live) {
+                *held.entry(s.client).or_default() += 1;
+            }
+            // The most held first, then the oldest.
+            Some(open.iter().filter(live).filter(idle).max_by_key(|s| (held[&s.client], Reverse(s.id))))
+        } else {
+            None
+        };
+        if let Some(victim) = victim {
             // An evicted connection with nothing in progress closes when
             // it is next polled; one answering a request first lingers.
             let lingering =
                 open.iter().filter(|s| s.evicted.load(Ordering::Acquire) && s.in_progress()).count();
-            let idle = open
-                .iter()
-                .filter(|_| lingering < CLOSING_MAX)
-                .find(|s| !s.evicted.load(Ordering::Acquire) && s.busy.load(Ordering::Acquire) == 0);
-            match idle {
+            match victim.filter(|_| lingering < CLOSING_MAX) {
                 Some(victim) => {
                     victim.evicted.store(true, Ordering::Release);
                     victim.evict.notify_one();
@@ -504,6 +560,8 @@ impl Tracker {
         }
         let slot = Arc::new(Slot {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            client,
+            handshaking: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             read_while_idle: AtomicBool::new(false),
@@ -514,6 +572,40 @@ impl Tracker {
         });
         open.push(slot.clone());
         Some(slot)
+    }
+
+    /// Waits for a turn to handshake: at most [`MAX_HANDSHAKES`] at once,
+    /// one per client; held until the returned guard is dropped.
+    async fn handshake_turn<'a>(&'a self, slot: &'a Arc<Slot>) -> HandshakeTurn<'a> {
+        loop {
+            let done = self.handshake_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            {
+                let open = self.lock();
+                let running = open.iter().filter(|s| s.handshaking.load(Ordering::Acquire)).count();
+                let mine =
+                    open.iter().any(|s| s.client == slot.client && s.handshaking.load(Ordering::Acquire));
+                if running < MAX_HANDSHAKES && !mine {
+                    slot.handshaking.store(true, Ordering::Release);
+                    return HandshakeTurn { tracker: self, slot };
+                }
+            }
+            done.await;
+        }
+    }
+}
+
+/// A turn to handshake, given back when dropped.
+struct HandshakeTurn<'a> {
+    tracker: &'a Tracker,
+    slot: &'a Arc<Slot>,
+}
+
+impl Drop for HandshakeTurn<'_> {
+    fn drop(&mut self) {
+        self.slot.handshaking.store(false, Ordering::Release);
+        self.tracker.handshake_done.notify_waiters();
     }
 }
 
@@ -646,8 +738,9 @@ mod tests {
     #[test]
     fn an_evicted_connection_counts_until_it_closes() {
         let telemetry = Telemetry::new(&prometheus::Registry::new()).unwrap();
-        let tracker = Rc::new(Tracker::new(8));
-        let admit = || tracker.admit(&telemetry).map(|slot| Admitted { tracker: tracker.clone(), slot });
+        let tracker = Rc::new(Tracker::new(8, 8));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let admit = || tracker.admit(ip, &telemetry).map(|slot| Admitted { tracker: tracker.clone(), slot });
         // Connections still open (dropping one closes it), and the requests
         // in progress on them.
         let mut open: Vec<Admitted> = (0..8).map(|_| admit().unwrap()).collect();
@@ -680,6 +773,66 @@ mod tests {
         assert!(refused > 0, "the closing connections never filled their allowance");
     }
 
+    /// Regression: at the cap the oldest idle connection went, whoever held
+    /// it, so one address opening connections as fast as it could pushed
+    /// out every other client's keep-alive (and handshakes).
+    #[test]
+    fn a_client_at_its_limit_or_holding_the_most_gives_up_its_own() {
+        let telemetry = Telemetry::new(&prometheus::Registry::new()).unwrap();
+        let tracker = Tracker::new(6, 3);
+        let ip = |n: u8| IpAddr::from([127, 0, 0, n]);
+        let evicted = |s: &Arc<Slot>| s.evicted.load(Ordering::Acquire);
+        let scraper = tracker.admit(ip(1), &telemetry).unwrap();
+        let flood: Vec<_> = (0..3).map(|_| tracker.admit(ip(2), &telemetry).unwrap()).collect();
+        // At its own limit, a client makes room among its own connections,
+        // though the scraper's is older.
+        let more = tracker.admit(ip(2), &telemetry).unwrap();
+        assert!(evicted(&flood[0]) && !evicted(&scraper));
+        // At the listener's cap, the client holding the most gives one up.
+        let others: Vec<_> = (0..2).map(|_| tracker.admit(ip(3), &telemetry).unwrap()).collect();
+        let _new = tracker.admit(ip(4), &telemetry).unwrap();
+        assert!(evicted(&flood[1]) && !evicted(&scraper) && !others.iter().any(evicted));
+        // Busy connections are never chosen: with the flood's all busy, the
+        // next client holding the most (ip 3, two) gives one up.
+        let _busy: Vec<_> = [&flood[2], &more].iter().map(|s| s.busy()).collect();
+        let _new = tracker.admit(ip(5), &telemetry).unwrap();
+        assert!(evicted(&others[0]) && !evicted(&scraper));
+        // A client at its limit with nothing idle is refused, though others
+        // have idle connections.
+        let tracker = Tracker::new(4, 2);
+        let _idle = tracker.admit(ip(1), &telemetry).unwrap();
+        let mine: Vec<_> = (0..2).map(|_| tracker.admit(ip(2), &telemetry).unwrap()).collect();
+        let _busy: Vec<_> = mine.iter().map(|s| s.busy()).collect();
+        assert!(tracker.admit(ip(2), &telemetry).is_none());
+    }
+
+    /// One handshake at a time per client, a few at once in all: a client
+    /// opening many connections waits for its own turns.
+    #[test]
+    fn handshake_turns_go_round_clients() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            let telemetry = Telemetry::new(&prometheus::Registry::new()).unwrap();
+            let tracker = Tracker::new(64, 64);
+            let ip = |n: u8| IpAddr::from([127, 0, 0, n]);
+            let slots: Vec<_> = (1..=6).map(|n| tracker.admit(ip(n), &telemetry).unwrap()).collect();
+            let flood: Vec<_> = (0..3).map(|_| tracker.admit(ip(1), &telemetry).unwrap()).collect();
+            let first = tracker.handshake_turn(&flood[0]).await;
+            let wait = Duration::from_millis(50);
+            // The same client's second handshake waits for its first.
+            assert!(tokio::time::timeout(wait, tracker.handshake_turn(&flood[1])).await.is_err());
+            // Others go, up to MAX_HANDSHAKES at once.
+            let mut turns = Vec::new();
+            for s in &slots[1..MAX_HANDSHAKES] {
+                turns.push(tracker.handshake_turn(s).await);
+            }
+            assert!(tokio::time::timeout(wait, tracker.handshake_turn(&slots[5])).await.is_err());
+            // A handshake ending frees a turn.
+            drop(first);
+            assert!(tokio::time::timeout(wait, tracker.handshake_turn(&flood[1])).await.is_ok());
+        });
+    }
+
     /// An evicted connection closes once nothing is in progress; one whose
     /// request came in as it was chosen is left to close itself after its
     /// answer (`Connection: close`), never cut off in the middle.
@@ -688,10 +841,11 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         rt.block_on(async {
             let telemetry = Telemetry::new(&prometheus::Registry::new()).unwrap();
-            let tracker = Tracker::new(1);
+            let tracker = Tracker::new(1, 1);
+            let ip = IpAddr::from([127, 0, 0, 1]);
             // Chosen while idle; its request comes in at once.
-            let slot = tracker.admit(&telemetry).unwrap();
-            let _next = tracker.admit(&telemetry).unwrap();
+            let slot = tracker.admit(ip, &telemetry).unwrap();
+            let _next = tracker.admit(ip, &telemetry).unwrap();
             let request = slot.busy();
             let limit = Duration::from_millis(300);
             // Busy: not closed while its request is handled.
@@ -700,9 +854,9 @@ mod tests {
             drop(request);
             assert!(matches!(idle_deadline(&slot, limit).await, Idle::Evicted));
 
-            let tracker = Tracker::new(1);
-            let slot = tracker.admit(&telemetry).unwrap();
-            let _next = tracker.admit(&telemetry).unwrap();
+            let tracker = Tracker::new(1, 1);
+            let slot = tracker.admit(ip, &telemetry).unwrap();
+            let _next = tracker.admit(ip, &telemetry).unwrap();
             let request = slot.busy();
             assert!(slot.close_after_response());
             drop(request);

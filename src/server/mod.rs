@@ -156,12 +156,20 @@ impl State {
 
 /// Runs the daemon until SIGTERM or SIGINT. `pidfile`, if given, is written
 /// once every listener is bound, so whoever waits for it knows the daemon
-/// is serving, and removed on a clean exit.
-pub fn run(config: Config, pidfile: Option<&Path>) -> Result<(), String> {
+/// is serving, and removed on a clean exit. With `user`, the daemon becomes
+/// it once bound, before any thread starts (`privilege`).
+pub fn run(
+    config: Config,
+    pidfile: Option<&Path>,
+    user: Option<&crate::privilege::User>,
+) -> Result<(), String> {
     one_malloc_arena();
     code_pages_on_demand();
     let state = State::new(config)?;
     let sockets = bind(&state)?;
+    if let Some(user) = user {
+        crate::privilege::drop_to(user)?;
+    }
     actix_web::rt::System::new().block_on(async move {
         if let Some(p) = pidfile {
             write_pidfile(p)?;

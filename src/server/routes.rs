@@ -14,11 +14,12 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method as HttpMethod, StatusCode};
 use actix_web::middleware::{from_fn, Compress, Next};
-use actix_web::{web, App, Error, HttpRequest, HttpResponse};
+use actix_web::{web, App, Error, HttpMessage, HttpRequest, HttpResponse};
 
 use super::conn::ConnInfo;
 use super::{settings, Listener, Role, State};
 use crate::auth::{self, Outcome, Reason};
+use crate::crypto::Secret;
 use crate::device::AuthMode;
 use crate::metrics::{self, Families, Kind};
 use crate::telemetry::HttpError;
@@ -111,13 +112,15 @@ fn allowed_methods(path: &str) -> &'static str {
 /// the device's TLS (before any credential is looked at), and methods the
 /// path does not answer.
 async fn request(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let state = state(&req);
     let slot = req.conn_data::<Rc<ConnInfo>>().map(|c| c.slot.clone());
     let _busy = slot.as_ref().map(|s| s.busy());
-    if head_too_large(&req, &state) {
+    let too_large = head_too_large(&req, &state);
+    hold_credentials(&mut req);
+    if too_large {
         state.telemetry.http_error(HttpError::TooLarge);
         let mut r = text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request header fields too large\n");
         r.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
@@ -203,7 +206,8 @@ async fn authenticate(
             .into_response(text(StatusCode::INTERNAL_SERVER_ERROR, "no connection\n"))
             .map_into_right_body());
     };
-    let (authorization, cookies) = credential_headers(req.headers());
+    let credentials = take_credentials(&mut req.extensions_mut());
+    let (authorization, cookies) = (credentials.authorization(), credentials.cookies());
     let outcome = state.auth.decide(&auth_request(&authorization, &cookies, &conn)).await;
     let refusal = match outcome {
         Outcome::Allow(method) => {
@@ -217,10 +221,54 @@ async fn authenticate(
     Ok(req.into_response(refusal).map_into_right_body())
 }
 
-/// Every `Authorization` and `Cookie` header value, as sent.
-pub(super) fn credential_headers(h: &header::HeaderMap) -> (Vec<&[u8]>, Vec<&[u8]>) {
-    let values = |name| h.get_all(name).map(HeaderValue::as_bytes).collect();
-    (values(header::AUTHORIZATION), values(header::COOKIE))
+/// A request's `Authorization` and `Cookie` values, in buffers wiped when
+/// the request is done with them.
+pub(super) struct Credentials {
+    pub authorization: Vec<Secret>,
+    pub cookies: Vec<Secret>,
+}
+
+impl Credentials {
+    pub fn authorization(&self) -> Vec<&[u8]> {
+        self.authorization.iter().map(Secret::as_bytes).collect()
+    }
+
+    pub fn cookies(&self) -> Vec<&[u8]> {
+        self.cookies.iter().map(Secret::as_bytes).collect()
+    }
+}
+
+/// Moves the credential headers out of the request's header map into
+/// [`Credentials`] in its extensions, and copies every other header value
+/// out of the connection's read buffer. actix's header values are views of
+/// that buffer, and it keeps the last request heads (maps and all) pooled
+/// for reuse: without this, the raw head, `Authorization` included, would
+/// outlive its connection unwiped. Now the buffer is freed, and wiped by
+/// the allocator, when the connection ends, and the credentials when the
+/// request is.
+fn hold_credentials(req: &mut ServiceRequest) {
+    let mut held = Credentials { authorization: Vec::new(), cookies: Vec::new() };
+    let headers = req.headers_mut();
+    let views: Vec<_> = headers.drain().collect();
+    let mut name = None;
+    for (n, value) in views {
+        // `drain` names only the first value of each header.
+        let Some(n) = n.or(name.take()) else { continue };
+        if n == header::AUTHORIZATION {
+            held.authorization.push(Secret::from_slice(value.as_bytes()));
+        } else if n == header::COOKIE {
+            held.cookies.push(Secret::from_slice(value.as_bytes()));
+        } else if let Ok(copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            headers.append(n.clone(), copy);
+        }
+        name = Some(n);
+    }
+    req.extensions_mut().insert(held);
+}
+
+/// The request's credentials, taken: wiped when the caller drops them.
+pub(super) fn take_credentials(ext: &mut actix_web::dev::Extensions) -> Credentials {
+    ext.remove::<Credentials>().unwrap_or(Credentials { authorization: Vec::new(), cookies: Vec::new() })
 }
 
 /// What the auth decision sees of a request: plain values.

@@ -19,11 +19,11 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
-use actix_web::{web, Error, HttpRequest, HttpResponse};
+use actix_web::{web, Error, HttpMessage, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::conn::ConnInfo;
-use super::routes::{auth_request, credential_headers, limited, refuse, text};
+use super::routes::{auth_request, limited, refuse, take_credentials, text};
 use super::{Listener, Role, State};
 use crate::auth::{token, Method, Outcome, Reason};
 use crate::device::{AuthMode, TlsMode};
@@ -93,7 +93,8 @@ async fn admit(req: &HttpRequest, state: &State) -> Result<Visitor, HttpResponse
     let Some(conn) = req.conn_data::<Rc<ConnInfo>>().cloned() else {
         return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "no connection\n"));
     };
-    let (authorization, cookies) = credential_headers(req.headers());
+    let credentials = take_credentials(&mut req.extensions_mut());
+    let (authorization, cookies) = (credentials.authorization(), credentials.cookies());
     // The general listener has no client certificates; the decision
     // would not take one here anyway.
     let request = auth_request(&authorization, &cookies, &conn);

@@ -278,7 +278,11 @@ fn context(
 ) -> Result<SslAcceptor, openssl::error::ErrorStack> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
-    b.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE);
+    // SSL_OP_CLEANSE_PLAINTEXT (OpenSSL 3; the openssl crate has no name
+    // for it): decrypted records are wiped once read, not left in the
+    // record buffer until the next one overwrites them.
+    const CLEANSE_PLAINTEXT: SslOptions = SslOptions::from_bits_retain(1 << 1);
+    b.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE | CLEANSE_PLAINTEXT);
     if mtls.is_some() {
         // No resumption: every connection verifies a certificate against
         // the CAs of now. The context id is set as OpenSSL requires when

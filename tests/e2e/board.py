@@ -259,6 +259,20 @@ def main():
         check("board: daemon started by BusyBox init from S95jetkvm-metrics",
               "supervise" in board.sh("ps") and "Starting jetkvm-metrics: OK" in board.console_text())
         check("board: no C library in the image", board.sh("ls /lib/ld-* /lib/libc.so* 2>/dev/null | wc -l").strip() == "0")
+        # Least privilege: its own user, one capability, no way back.
+        status = board.sh("grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs):' "
+                          "/proc/$(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid)/status")
+        print(status, flush=True)
+        fields = {k: v.split() for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)}
+        uid = board.sh("grep '^jetkvm-metrics:' /etc/passwd | cut -d: -f3").strip()
+        dac_read_search = ["0000000000000004"]
+        check("board: the daemon runs as jetkvm-metrics, no groups, CAP_DAC_READ_SEARCH only, no_new_privs",
+              uid.isdigit() and uid != "0" and fields.get("Uid") == [uid] * 4 and fields.get("Groups") == []
+              and all(fields.get(c) == dac_read_search for c in ("CapEff", "CapPrm", "CapBnd"))
+              and all(fields.get(c) == ["0000000000000000"] for c in ("CapInh", "CapAmb"))
+              and fields.get("NoNewPrivs") == ["1"], status)
+        owners = board.sh("ls -ldn /userdata/jetkvm/metrics /var/run/jetkvm-metrics | awk '{print $3}'").split()
+        check("board: its token and pid directories are its own", owners == [uid] * 2, repr(owners))
         # The system version is told to a client on the device (the update's
         # probe), never to the LAN.
         version = board.sh("cat /version").strip()
@@ -304,14 +318,14 @@ def main():
         check("prometheus: basic job follows the password change", prom.up("basic") == 1)
 
         # kill -9: the supervisor brings the daemon back.
-        pid = board.sh("cat /var/run/jetkvm-metrics.pid").strip()
+        pid = board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid").strip()
         board.sh(f"kill -9 {pid}")
         killed = time.monotonic()
         token = {"Authorization": "Bearer " + board.secret("token")}
         until("daemon back after kill -9", lambda: http_status(url, token) == 200, 10)
         back = time.monotonic() - killed
         check("board: daemon back within 5 s of kill -9", back < 5, f"{back:.1f}s")
-        check("board: a new daemon process", board.sh("cat /var/run/jetkvm-metrics.pid").strip() != pid)
+        check("board: a new daemon process", board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid").strip() != pid)
 
         # The device turns its TLS on (self-signed): port 3080 follows, no
         # restart; nothing answers in clear until the device has issued its
@@ -364,7 +378,7 @@ def main():
         tls = until("listener state", lambda: prom.value('jetkvm_exporter_listener_info{job="mtls",listener="metrics_service",tls="mtls"}'), 30)
         check("prometheus: metrics service reports mTLS", tls == 1)
         measure_mtls_handshakes(board)
-        rss = board.sh("grep '^Rss' /proc/$(cat /var/run/jetkvm-metrics.pid)/smaps_rollup").split()[1]
+        rss = board.sh("grep '^Rss' /proc/$(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid)/smaps_rollup").split()[1]
         print(f"board: daemon RSS (smaps_rollup) {rss} kB", flush=True)
         with open(f"{board.state}/daemon-rss-kb", "w") as f:
             f.write(rss)
@@ -388,7 +402,7 @@ def main():
                        f" cp /tmp/config.good {cfg} && /etc/init.d/S95jetkvm-metrics restart; echo exit=$?", timeout=90)
         check("board: restart during the back-off starts the fixed daemon", out.rstrip().endswith("Starting jetkvm-metrics: OK\nexit=0"), out)
         time.sleep(40)
-        state = board.sh("cat /var/run/jetkvm-metrics.pid && kill -0 $(cat /var/run/jetkvm-metrics.pid) && echo alive;"
+        state = board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid && kill -0 $(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid) && echo alive;"
                          " ls /var/run/ | grep -c '^jetkvm-metrics.log'; ps | grep '[s]upervise' | grep -vc '{'")
         # (ps shows a BusyBox applet a shell runs without exec as {name}.)
         check("board: 40 s later the daemon's pid file, one log pipe and one supervisor remain",

@@ -23,6 +23,8 @@ mod hostile;
 mod http;
 /// A thousand scrapes over keep-alive; ten thousand idle connections.
 mod load;
+/// `serve --user`: the daemon's user, capabilities and files once it drops root.
+mod privilege;
 /// `probe`: the daemon in each configuration, asked as the system update asks.
 mod probe;
 /// The per-client failure limiter and a wrong-password flood.

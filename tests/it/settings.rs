@@ -350,9 +350,11 @@ fn form_heads_without_bodies_do_not_hold_the_device() {
             d.addr
         )
     };
+    // From 64 addresses: one address past max_connections_per_client only
+    // pushes out its own.
     let mut flood: Vec<TcpStream> = (0..64)
-        .map(|_| {
-            let mut s = TcpStream::connect(d.addr).unwrap();
+        .map(|i| {
+            let mut s = connect_from(&format!("127.0.1.{}", i + 1), d.addr);
             s.write_all(head(&origin(d.addr)).as_bytes()).unwrap();
             s
         })

@@ -1,7 +1,8 @@
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bcrypt::Version;
 
@@ -457,4 +458,114 @@ fn plain_http_metrics_service_warns_about_clear_text_passwords() {
     let t = get(addr, "/metrics", &[("Authorization", &basic("", "pw"))]).text();
     assert!(t.contains("listener=\"metrics_service\""), "{t}");
     assert!(t.contains("tls=\"none\"} 1"));
+}
+
+/// Over TLS too, presented secrets leave nothing behind once their
+/// connections are closed: OpenSSL's record buffers hold the decrypted
+/// request until the next record overwrites them unless told to cleanse.
+#[test]
+fn presented_secrets_are_wiped_after_use_over_tls() {
+    let c = certs();
+    let d = serving(&device(), &c, false);
+    let token = new_token(&d);
+    let secrets = presented_secrets(&token);
+    let hashed = hash(&secrets.right, Version::TwoA, 4);
+    rewrite_in_place(&d.device_config(), &password_mode(&hashed, ""));
+    let client = TlsClient::new(&c.ca.cert_pem());
+    for _ in 0..3 {
+        for (header, status) in secrets.headers() {
+            let r = client.get(d.metrics_addr.unwrap(), "/metrics", &[("Authorization", &header)]).unwrap();
+            assert_eq!(r.resp.status, status, "{header}");
+        }
+    }
+    assert_wiped(d.child.id(), &hashed, &secrets);
+}
+
+/// Regression: at the connection cap the oldest idle connection went,
+/// whoever held it, and a handshake counted as idle: one address opening
+/// connections and handshaking as fast as it could pushed out another
+/// client's keep-alive and its new handshakes. Now one address holds at
+/// most `max_connections_per_client`, gives up its own first, and
+/// handshakes take turns. A real Prometheus on another address scrapes
+/// over TLS every second through the flood: no scrape fails.
+#[test]
+fn a_connection_and_handshake_flood_from_one_address_fails_no_other_clients_scrape() {
+    let c = certs();
+    let d = start(&device(), |dir| {
+        write_certs(dir, &c);
+        service(dir, false, "") + "[limits]\nmax_connections = 16\n"
+    });
+    let addr = d.metrics_addr.unwrap();
+    let token = new_token(&d);
+    let p = TempDir::new();
+    p.write("ca.crt", &c.ca.cert_pem());
+    p.write("token", &token);
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: jetkvm\n    scheme: https\n\
+         \x20   tls_config:\n      ca_file: {0}/ca.crt\n      server_name: localhost\n\
+         \x20   authorization:\n      type: Bearer\n      credentials_file: {0}/token\n\
+         \x20   static_configs:\n      - targets: [\"{1}\"]\n",
+        p.0.display(),
+        addr
+    );
+    let prometheus = Prometheus::start(p, &config);
+    wait_for("the job to be up", || prometheus.query("up{job=\"jetkvm\"}") == Some(1.0));
+    // From 127.0.0.2, as fast as it goes: connections that handshake and
+    // stay open, and connections that say nothing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, handshakes, client) =
+                (stop.clone(), handshakes.clone(), TlsClient::new(&c.ca.cert_pem()));
+            std::thread::spawn(move || {
+                let connector = client.connector();
+                let mut held = std::collections::VecDeque::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let tcp = connect_from("127.0.0.2", addr);
+                    tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    if t == 0 {
+                        held.push_back(Err(tcp));
+                    } else if let Ok(s) = connector.connect("localhost", tcp) {
+                        handshakes.fetch_add(1, Ordering::Relaxed);
+                        held.push_back(Ok(s));
+                    }
+                    if held.len() > 32 {
+                        held.pop_front();
+                    }
+                }
+            })
+        })
+        .collect();
+    let flood_start = Instant::now();
+    std::thread::sleep(Duration::from_secs(15));
+    let window = flood_start.elapsed().as_secs() - 1;
+    let scrapes = prometheus.query(&format!("count_over_time(up{{job=\"jetkvm\"}}[{window}s])"));
+    let worst = prometheus.query(&format!("min_over_time(up{{job=\"jetkvm\"}}[{window}s])"));
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.join().unwrap();
+    }
+    let handshakes = handshakes.load(Ordering::Relaxed);
+    let t = client_get(&c, addr, &token);
+    let evicted = sample(&t, "jetkvm_exporter_connections_evicted_total").unwrap_or(0.0);
+    eprintln!(
+        "flood: {handshakes} handshakes from one address in {window} s, {evicted} of its connections evicted; \
+         {scrapes:?} scrapes, worst up {worst:?}"
+    );
+    assert!(
+        handshakes >= 100 && evicted >= 100.0,
+        "the flood did not press: {handshakes} handshakes, {evicted} evicted"
+    );
+    assert!(scrapes.is_some_and(|n| n >= 8.0), "{scrapes:?} scrapes");
+    assert_eq!(worst, Some(1.0), "a scrape failed during the flood");
+}
+
+fn client_get(c: &Certs, addr: SocketAddr, token: &str) -> String {
+    let r = TlsClient::new(&c.ca.cert_pem()).get(
+        addr,
+        "/metrics",
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    r.unwrap().resp.text()
 }

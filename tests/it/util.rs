@@ -123,9 +123,15 @@ impl Daemon {
     }
 
     pub fn start_with(dir: TempDir, config: &Path) -> Daemon {
+        Daemon::start_with_args(dir, config, &[])
+    }
+
+    /// `serve --config CONFIG` and `args`.
+    pub fn start_with_args(dir: TempDir, config: &Path, args: &[&str]) -> Daemon {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
+            .args(args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -473,21 +479,7 @@ impl TlsClient {
 
     /// `Err` with OpenSSL's message if the handshake or exchange fails.
     pub fn get(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<TlsResult, String> {
-        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        let store = {
-            let mut s = openssl::x509::store::X509StoreBuilder::new().unwrap();
-            s.add_cert(openssl::x509::X509::from_pem(self.ca_pem.as_bytes()).unwrap()).unwrap();
-            s.build()
-        };
-        b.set_cert_store(store);
-        b.set_verify(SslVerifyMode::PEER);
-        b.set_max_proto_version(self.max_version).unwrap();
-        if let Some((cert, key)) = &self.client {
-            b.set_certificate(&openssl::x509::X509::from_pem(cert.as_bytes()).unwrap()).unwrap();
-            b.set_private_key(&openssl::pkey::PKey::private_key_from_pem(key.as_bytes()).unwrap()).unwrap();
-        }
-        let connector = b.build();
+        let connector = self.connector();
         let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
         tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut s = connector.connect(&self.sni, tcp).map_err(|e| e.to_string())?;
@@ -509,6 +501,24 @@ impl TlsClient {
             version: s.ssl().version_str().to_owned(),
             server_cert: s.ssl().peer_certificate().unwrap(),
         })
+    }
+
+    pub fn connector(&self) -> openssl::ssl::SslConnector {
+        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        let store = {
+            let mut s = openssl::x509::store::X509StoreBuilder::new().unwrap();
+            s.add_cert(openssl::x509::X509::from_pem(self.ca_pem.as_bytes()).unwrap()).unwrap();
+            s.build()
+        };
+        b.set_cert_store(store);
+        b.set_verify(SslVerifyMode::PEER);
+        b.set_max_proto_version(self.max_version).unwrap();
+        if let Some((cert, key)) = &self.client {
+            b.set_certificate(&openssl::x509::X509::from_pem(cert.as_bytes()).unwrap()).unwrap();
+            b.set_private_key(&openssl::pkey::PKey::private_key_from_pem(key.as_bytes()).unwrap()).unwrap();
+        }
+        b.build()
     }
 }
 
@@ -596,5 +606,103 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Whether `needle` is anywhere in the writable memory of process `pid`.
+pub fn memory_contains(pid: u32, needle: &[u8]) -> bool {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (mut at, end) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        while at < end {
+            // Overlap chunks so a needle across a boundary is found.
+            let len = ((end - at) as usize).min(buf.len());
+            let Ok(n) = mem.read_at(&mut buf[..len], at) else { break };
+            if n == 0 {
+                break;
+            }
+            if buf[..n].windows(needle.len()).any(|w| w == needle) {
+                return true;
+            }
+            at += n.saturating_sub(needle.len()).max(1) as u64;
+        }
+    }
+    false
+}
+
+/// Secrets a test presents, long enough that freeing a buffer (the
+/// allocator writes its own pointers over the first 16 bytes) leaves most
+/// of each readable: scans look for their last 40 bytes.
+pub struct PresentedSecrets {
+    pub right: String,
+    pub wrong: String,
+    pub token: String,
+    pub wrong_token: String,
+}
+
+impl PresentedSecrets {
+    /// Each `Authorization` value with the status it gets.
+    pub fn headers(&self) -> Vec<(String, u16)> {
+        vec![
+            (basic("admin", &self.right), 200),
+            (basic("admin", &self.wrong), 401),
+            (format!("Bearer {}", self.token), 200),
+            (format!("Bearer {}", self.wrong_token), 401),
+        ]
+    }
+}
+
+pub fn presented_secrets(token: &str) -> PresentedSecrets {
+    let id = std::process::id();
+    PresentedSecrets {
+        right: format!("right-{id:0>58}"),
+        wrong: format!("wrong-{:0>58}", id + 1),
+        token: token.to_owned(),
+        wrong_token: format!("{:0>64}", id + 2),
+    }
+}
+
+/// A metrics token made with the CLI, as a user would.
+pub fn new_token(d: &Daemon) -> String {
+    let out =
+        Command::new(BIN).args(["token", "new", "--config"]).arg(d.dir.path("config.toml")).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// None of the secrets, plain or as sent in the header, is in the memory of
+/// process `pid` once the connections that carried them have ended (the
+/// server may finish with one just after the client has its answer);
+/// `held` (something the daemon keeps) is, so the scan works.
+pub fn assert_wiped(pid: u32, held: &str, s: &PresentedSecrets) {
+    assert!(memory_contains(pid, held.as_bytes()), "the memory scan finds nothing");
+    let tail = |v: &str| v.as_bytes()[v.len() - 40..].to_vec();
+    let mut needles = vec![
+        ("the right password".to_owned(), tail(&s.right)),
+        ("a wrong password".to_owned(), tail(&s.wrong)),
+        ("the token".to_owned(), tail(&s.token)),
+        ("a wrong token".to_owned(), tail(&s.wrong_token)),
+    ];
+    for (header, _) in s.headers() {
+        needles.push((format!("the header {header:?}"), tail(&header)));
+    }
+    let end = Instant::now() + Duration::from_secs(2);
+    loop {
+        let found: Vec<&str> =
+            needles.iter().filter(|(_, n)| memory_contains(pid, n)).map(|(w, _)| w.as_str()).collect();
+        if found.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < end, "still in memory: {found:?}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -26,6 +26,9 @@ define JETKVM_METRICS_USE_VENDORED_CRATES
 endef
 JETKVM_METRICS_POST_RSYNC_HOOKS += JETKVM_METRICS_USE_VENDORED_CRATES
 
+# The daemon's own user (makeusers: a system id, no login, no home).
+JETKVM_METRICS_USERS = jetkvm-metrics -1 jetkvm-metrics -1 * - - - jetkvm-metrics exporter
+
 define JETKVM_METRICS_INSTALL_INIT_SYSV
 	$(INSTALL) -D -m 0755 $(JETKVM_METRICS_PKGDIR)/S95jetkvm-metrics \
 		$(TARGET_DIR)/etc/init.d/S95jetkvm-metrics

@@ -1,0 +1,139 @@
+//! Least privilege. The daemon parses hostile TLS and HTTP on a device that
+//! types on a host's keyboard: once its sockets are bound it becomes its
+//! own user, keeps one capability, and can never gain another.
+//!
+//! Kept: `CAP_DAC_READ_SEARCH`, to read what the device's app writes as
+//! root-only files: `kvm_config.json`, the device's TLS keys, a token file
+//! that `token new` made as root, and the daemon's own `/proc/self/fd` and
+//! `io` (a process that changed user is not dumpable: its `/proc` entries
+//! become root's); the KVM-state collectors to come will open the HDMI
+//! bridge's subdevice (root's) read-only with it. Everything else it reads
+//! (`/proc`, `/sys`, configfs, sock_diag) any user may.
+//!
+//! Not kept: `CAP_SYS_PTRACE`, although another process's open files
+//! (`/proc/PID/fd`, "is someone watching the capture node") need it: it
+//! lets its holder attach to any process, root's included, which is root
+//! itself. Sessions are to be counted from the device app's own metrics.
+//! No `CAP_NET_BIND_SERVICE`: sockets are bound before the switch, and
+//! never again.
+
+/// `CAP_DAC_READ_SEARCH` (linux/capability.h).
+const CAP_DAC_READ_SEARCH: u32 = 2;
+/// The capability set format of 64-bit sets (`_LINUX_CAPABILITY_VERSION_3`).
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// The user the daemon switches to.
+#[derive(Debug)]
+pub struct User {
+    pub name: String,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+}
+
+/// Looks `name` up in the system's user database.
+pub fn user(name: &str) -> Result<User, String> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(User { name: name.to_owned(), uid: u.uid.as_raw(), gid: u.gid.as_raw() }),
+        Ok(None) => Err(format!("--user {name}: no such user in the system's user database")),
+        Err(e) => Err(format!("--user {name}: cannot read the user database: {e}")),
+    }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn os_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn prctl(what: &str, option: libc::c_int, arg: libc::c_ulong) -> Result<(), String> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(option, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) } == 0 {
+        Ok(())
+    } else {
+        Err(os_err(what))
+    }
+}
+
+/// Threads of this process: capability sets are per thread, so the switch
+/// must happen while there is one.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+}
+
+/// The highest capability this kernel knows.
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// Becomes `user` with only `CAP_DAC_READ_SEARCH`, in the effective and
+/// permitted sets and the bounding set, none inheritable or ambient, and
+/// `no_new_privs`: no exec can give any back. Already that user (started
+/// unprivileged as it): nothing to do. Fails, and the daemon with it,
+/// rather than run on with more than that.
+pub fn drop_to(user: &User) -> Result<(), String> {
+    // SAFETY: plain getters.
+    let (euid, uid) = unsafe { (libc::geteuid(), libc::getuid()) };
+    if euid != 0 {
+        return if euid == user.uid && uid == user.uid {
+            Ok(())
+        } else {
+            Err(format!("--user {}: only root can switch to it", user.name))
+        };
+    }
+    if threads() != 1 {
+        return Err(format!("--user {}: threads already running; nothing switched", user.name));
+    }
+    for cap in (0..=last_cap()).filter(|c| *c != CAP_DAC_READ_SEARCH) {
+        // EINVAL: a capability this kernel does not have.
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(os_err("dropping the bounding set"));
+        }
+    }
+    prctl("PR_SET_KEEPCAPS", libc::PR_SET_KEEPCAPS, 1)?;
+    // SAFETY: ids only; no supplementary groups (a null list of none).
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(os_err("setgroups"));
+        }
+        if libc::setresgid(user.gid, user.gid, user.gid) != 0 {
+            return Err(os_err("setresgid"));
+        }
+        if libc::setresuid(user.uid, user.uid, user.uid) != 0 {
+            return Err(os_err("setresuid"));
+        }
+    }
+    let header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    let keep = 1u32 << CAP_DAC_READ_SEARCH;
+    let data = [CapData { effective: keep, permitted: keep, inheritable: 0 }, CapData::default()];
+    // SAFETY: the header and two data words of version 3, as capset reads.
+    if unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) } != 0 {
+        return Err(os_err("capset"));
+    }
+    prctl("PR_SET_KEEPCAPS", libc::PR_SET_KEEPCAPS, 0)?;
+    prctl("PR_CAP_AMBIENT", libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)?;
+    prctl("PR_SET_NO_NEW_PRIVS", libc::PR_SET_NO_NEW_PRIVS, 1)?;
+    // Proof, not trust: root cannot be had back.
+    // SAFETY: plain calls; success would be the failure reported.
+    if unsafe { libc::setuid(0) } == 0 || unsafe { libc::geteuid() } != user.uid {
+        return Err(format!("--user {}: root could be regained", user.name));
+    }
+    log::info!("running as {} (uid {}), keeping CAP_DAC_READ_SEARCH only", user.name, user.uid);
+    Ok(())
+}

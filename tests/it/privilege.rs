@@ -1,0 +1,104 @@
+//! `serve --user`: once listening, the daemon is its own user with one
+//! capability. These tests run as root (as CI does), and switch to
+//! `nobody`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use bcrypt::Version;
+
+use crate::util::*;
+
+/// A field of /proc/PID/status, its words joined by one space.
+fn status(pid: u32, field: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).unwrap_or("");
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn nobody() -> (u32, u32) {
+    let out = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    let uid = String::from_utf8(out.stdout).unwrap().trim().parse().expect("a user named nobody");
+    let out = Command::new("id").args(["-g", "nobody"]).output().unwrap();
+    (uid, String::from_utf8(out.stdout).unwrap().trim().parse().unwrap())
+}
+
+#[test]
+fn the_daemon_runs_as_its_user_with_only_cap_dac_read_search() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test switches users: it runs as root");
+    let (uid, gid) = nobody();
+    let dir = TempDir::new();
+    // The device's files as the device's app leaves them: root's, 0600.
+    let device = dir.write("kvm_config.json", &password_mode(&hash("pw", Version::TwoA, 4), "sess"));
+    std::fs::set_permissions(&device, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The token and pid directories are the daemon user's (the init script
+    // makes them so); a token root makes there is the daemon user's too.
+    for sub in ["metrics", "run"] {
+        std::fs::create_dir(dir.path(sub)).unwrap();
+        std::os::unix::fs::chown(dir.path(sub), Some(uid), Some(gid)).unwrap();
+    }
+    let config = dir.write(
+        "config.toml",
+        &format!(
+            "listen_addr = \"127.0.0.1:0\"\ndevice_config = \"{}\"\ntoken_file = \"{}\"\nfilesystems = []\n",
+            device.display(),
+            dir.path("metrics/token.sha256").display()
+        ),
+    );
+    let out = Command::new(BIN).args(["token", "new", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let meta = std::fs::metadata(dir.path("metrics/token.sha256")).unwrap();
+    assert_eq!((std::os::unix::fs::MetadataExt::uid(&meta), meta.permissions().mode() & 0o777), (uid, 0o600));
+    let pidfile = dir.path("run/jetkvm-metrics.pid");
+    let mut d =
+        Daemon::start_with_args(dir, &config, &["--user", "nobody", "--pidfile", pidfile.to_str().unwrap()]);
+    let pid = d.child.id();
+    // Who it is now, and what it may.
+    assert_eq!(status(pid, "Uid"), format!("{uid} {uid} {uid} {uid}"));
+    assert_eq!(status(pid, "Gid"), format!("{gid} {gid} {gid} {gid}"));
+    assert_eq!(status(pid, "Groups"), "");
+    for (field, want) in [
+        ("CapEff", "0000000000000004"),
+        ("CapPrm", "0000000000000004"),
+        ("CapBnd", "0000000000000004"),
+        ("CapInh", "0000000000000000"),
+        ("CapAmb", "0000000000000000"),
+        ("NoNewPrivs", "1"),
+    ] {
+        assert_eq!(status(pid, field), want, "{field}");
+    }
+    assert!(d.log().contains("running as nobody"), "{}", d.log());
+    // What it reads still works: the root-only device config (password,
+    // cookie), its token, its own /proc (root's once it switched).
+    assert_eq!(d.get("/metrics", &[("Authorization", &basic("admin", "pw"))]).status, 200);
+    assert_eq!(d.get("/metrics", &[("Cookie", "authToken=sess")]).status, 200);
+    let t = d.get("/metrics", &[("Authorization", &format!("Bearer {token}"))]).text();
+    assert!(sample(&t, "process_open_fds").unwrap() > 0.0, "{t}");
+    assert_eq!(sample(&t, "jetkvm_exporter_device_config_load_success"), Some(1.0));
+    // Its pid file, in its own directory, written and removed by itself.
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), pid.to_string());
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    assert!(!pidfile.exists());
+}
+
+#[test]
+fn an_unknown_user_stops_the_daemon_with_one_line() {
+    let dir = TempDir::new();
+    let config = dir.write("config.toml", "listen_addr = \"127.0.0.1:0\"\nfilesystems = []\n");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--user", "no-such-user-here"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--user no-such-user-here: no such user"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("jetkvm-metrics:")).count(), 1, "{err}");
+    // An option of serve only.
+    let out = Command::new(BIN).args(["check-config", "--user", "nobody"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
