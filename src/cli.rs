@@ -10,7 +10,7 @@ const USAGE: &str = "\
 jetkvm-metrics: authenticated Prometheus metrics for the JetKVM
 
 USAGE:
-    jetkvm-metrics serve [--config FILE] [--pidfile FILE] [--user NAME]
+    jetkvm-metrics serve [--config FILE] [--pidfile FILE] [--user UID:GID]
     jetkvm-metrics check-config [--config FILE]
     jetkvm-metrics token new|revoke|status [--config FILE]
     jetkvm-metrics probe [--config FILE]
@@ -45,7 +45,8 @@ OPTIONS:
                        missing or invalid is an error.
     -p, --pidfile FILE (serve) Write the daemon's pid here once it is
                        listening; removed when it stops.
-    -u, --user NAME    (serve) Once listening, become this user, keeping
+    -u, --user UID:GID (serve) Once listening, become this user and group
+                       (ids, as `id -u` and `id -g` print them), keeping
                        only CAP_DAC_READ_SEARCH (to read the device's
                        root-only files), with no_new_privs. Needs root.
     -h, --help         Print this help.

@@ -22,21 +22,30 @@ const CAP_DAC_READ_SEARCH: u32 = 2;
 /// The capability set format of 64-bit sets (`_LINUX_CAPABILITY_VERSION_3`).
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// The user the daemon switches to.
+/// The user the daemon switches to, by its ids. The init script resolves
+/// the name (`id -u`, `id -g`): looking a name up here would link the C
+/// library's user database code (with its nscd client), 53 KB of the
+/// static armv7 binary, for one lookup at start.
 #[derive(Debug)]
 pub struct User {
-    pub name: String,
     uid: libc::uid_t,
     gid: libc::gid_t,
 }
 
-/// Looks `name` up in the system's user database.
-pub fn user(name: &str) -> Result<User, String> {
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => Ok(User { name: name.to_owned(), uid: u.uid.as_raw(), gid: u.gid.as_raw() }),
-        Ok(None) => Err(format!("--user {name}: no such user in the system's user database")),
-        Err(e) => Err(format!("--user {name}: cannot read the user database: {e}")),
+/// Parses `UID:GID`; root's ids are refused (nothing would be dropped).
+pub fn user(ids: &str) -> Result<User, String> {
+    let bad = || format!("--user {ids:?}: expected UID:GID, numbers as `id -u` and `id -g` print them");
+    let (uid, gid) = ids.split_once(':').ok_or_else(bad)?;
+    let digits = |v: &str| !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit());
+    if !digits(uid) || !digits(gid) {
+        return Err(bad());
     }
+    let (uid, gid): (libc::uid_t, libc::gid_t) =
+        (uid.parse().map_err(|_| bad())?, gid.parse().map_err(|_| bad())?);
+    if uid == 0 || gid == 0 {
+        return Err(format!("--user {ids}: root's ids; the point is to leave them"));
+    }
+    Ok(User { uid, gid })
 }
 
 #[repr(C)]
@@ -80,7 +89,7 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
-/// Becomes `user` with only `CAP_DAC_READ_SEARCH`, in the effective and
+/// Becomes the user with only `CAP_DAC_READ_SEARCH`, in the effective and
 /// permitted sets and the bounding set, none inheritable or ambient, and
 /// `no_new_privs`: no exec can give any back. Already that user (started
 /// unprivileged as it): nothing to do. Fails, and the daemon with it,
@@ -92,11 +101,11 @@ pub fn drop_to(user: &User) -> Result<(), String> {
         return if euid == user.uid && uid == user.uid {
             Ok(())
         } else {
-            Err(format!("--user {}: only root can switch to it", user.name))
+            Err(format!("--user {}:{}: only root can switch to it", user.uid, user.gid))
         };
     }
     if threads() != 1 {
-        return Err(format!("--user {}: threads already running; nothing switched", user.name));
+        return Err(format!("--user {}:{}: threads already running; nothing switched", user.uid, user.gid));
     }
     for cap in (0..=last_cap()).filter(|c| *c != CAP_DAC_READ_SEARCH) {
         // EINVAL: a capability this kernel does not have.
@@ -132,8 +141,8 @@ pub fn drop_to(user: &User) -> Result<(), String> {
     // Proof, not trust: root cannot be had back.
     // SAFETY: plain calls; success would be the failure reported.
     if unsafe { libc::setuid(0) } == 0 || unsafe { libc::geteuid() } != user.uid {
-        return Err(format!("--user {}: root could be regained", user.name));
+        return Err(format!("--user {}:{}: root could be regained", user.uid, user.gid));
     }
-    log::info!("running as {} (uid {}), keeping CAP_DAC_READ_SEARCH only", user.name, user.uid);
+    log::info!("running as uid {} gid {}, keeping CAP_DAC_READ_SEARCH only", user.uid, user.gid);
     Ok(())
 }

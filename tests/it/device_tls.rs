@@ -336,6 +336,15 @@ fn an_attacker_fed_certificate_store_stays_bounded() {
     let (_, cert) = https(d.addr, &ca.cert_pem(), Some("jetkvm.local"), "/healthz", &[]).unwrap();
     assert_eq!(names(&cert), ["jetkvm.local"]);
     let pid = d.child.id();
+    // Figures for docs/BENCHMARKS.md, not asserted.
+    let per_connection_time = || {
+        let started = Instant::now();
+        for _ in 0..50 {
+            https(d.addr, &ca.cert_pem(), Some("jetkvm.local"), "/healthz", &[]).unwrap();
+        }
+        started.elapsed() / 50
+    };
+    let time_before = per_connection_time();
     let (read_before, rss_before) = read_bytes_and_rss(pid);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -373,6 +382,12 @@ fn an_attacker_fed_certificate_store_stays_bounded() {
         .count();
     assert_eq!(series, 1, "{}", r.text());
     let (read_after, rss_after) = read_bytes_and_rss(pid);
+    let time_after = per_connection_time();
+    eprintln!(
+        "3,000 leaves: RSS {} -> {} KiB; a TLS connection (handshake and /healthz) {time_before:?} -> {time_after:?}",
+        rss_before / 1024,
+        rss_after / 1024
+    );
     // Socket reads of each connection, no certificate files.
     let per_connection = (read_after - read_before) / (connections + 1);
     assert!(per_connection < 16 * 1024, "{per_connection} bytes read per connection");

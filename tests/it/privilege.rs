@@ -52,8 +52,9 @@ fn the_daemon_runs_as_its_user_with_only_cap_dac_read_search() {
     let meta = std::fs::metadata(dir.path("metrics/token.sha256")).unwrap();
     assert_eq!((std::os::unix::fs::MetadataExt::uid(&meta), meta.permissions().mode() & 0o777), (uid, 0o600));
     let pidfile = dir.path("run/jetkvm-metrics.pid");
+    let ids = format!("{uid}:{gid}");
     let mut d =
-        Daemon::start_with_args(dir, &config, &["--user", "nobody", "--pidfile", pidfile.to_str().unwrap()]);
+        Daemon::start_with_args(dir, &config, &["--user", &ids, "--pidfile", pidfile.to_str().unwrap()]);
     let pid = d.child.id();
     // Who it is now, and what it may.
     assert_eq!(status(pid, "Uid"), format!("{uid} {uid} {uid} {uid}"));
@@ -69,7 +70,7 @@ fn the_daemon_runs_as_its_user_with_only_cap_dac_read_search() {
     ] {
         assert_eq!(status(pid, field), want, "{field}");
     }
-    assert!(d.log().contains("running as nobody"), "{}", d.log());
+    assert!(d.log().contains(&format!("running as uid {uid} gid {gid}")), "{}", d.log());
     // What it reads still works: the root-only device config (password,
     // cookie), its token, its own /proc (root's once it switched).
     assert_eq!(d.get("/metrics", &[("Authorization", &basic("admin", "pw"))]).status, 200);
@@ -85,20 +86,30 @@ fn the_daemon_runs_as_its_user_with_only_cap_dac_read_search() {
 }
 
 #[test]
-fn an_unknown_user_stops_the_daemon_with_one_line() {
+fn a_bad_user_stops_the_daemon_with_one_line() {
     let dir = TempDir::new();
     let config = dir.write("config.toml", "listen_addr = \"127.0.0.1:0\"\nfilesystems = []\n");
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--user", "no-such-user-here"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--user no-such-user-here: no such user"), "{err}");
-    assert_eq!(err.lines().filter(|l| l.starts_with("jetkvm-metrics:")).count(), 1, "{err}");
+    for (ids, says) in [
+        ("nobody", "expected UID:GID"),
+        ("65534", "expected UID:GID"),
+        ("65534:", "expected UID:GID"),
+        ("-1:5", "expected UID:GID"),
+        ("99999999999:1", "expected UID:GID"),
+        ("0:0", "root's ids"),
+        ("65534:0", "root's ids"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--user", ids])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{ids}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{ids}: {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("jetkvm-metrics:")).count(), 1, "{err}");
+    }
     // An option of serve only.
-    let out = Command::new(BIN).args(["check-config", "--user", "nobody"]).output().unwrap();
+    let out = Command::new(BIN).args(["check-config", "--user", "65534:65534"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
