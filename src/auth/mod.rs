@@ -382,3 +382,183 @@ impl Authenticator {
 fn credential_less(req: &Request<'_>) -> bool {
     req.authorization.is_empty() && cookie::session_tokens(req.cookies).is_ok_and(|t| t.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The rule and the budget, step by step, against a device config in a
+    //! temporary directory (the integration tests drive the same through
+    //! HTTP).
+
+    use super::*;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// bcrypt of "right" at cost 4, in the device's `$2a$` form.
+    fn hash() -> String {
+        bcrypt::hash_with_result("right", 4).unwrap().format_for_version(bcrypt::Version::TwoA)
+    }
+
+    fn password_mode(session: &str) -> String {
+        format!(
+            r#"{{"localAuthMode":"password","hashed_password":"{}","local_auth_token":"{session}"}}"#,
+            hash()
+        )
+    }
+
+    /// An authenticator over a device config (`None`: no file), in a
+    /// directory removed on drop.
+    struct Scene {
+        dir: PathBuf,
+        auth: Authenticator,
+    }
+
+    impl Drop for Scene {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn scene(device: Option<&str>, tweak: impl FnOnce(&mut Config)) -> Scene {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "jetkvm-metrics-auth-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = Config::default();
+        config.device_config = dir.join("kvm_config.json");
+        config.token_file = dir.join("token.sha256");
+        if let Some(d) = device {
+            std::fs::write(&config.device_config, d).unwrap();
+        }
+        tweak(&mut config);
+        let device = Arc::new(DeviceState::new(config.device_config.clone()));
+        Scene { auth: Authenticator::new(&config, device), dir }
+    }
+
+    fn basic(password: &str) -> Vec<u8> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}"));
+        format!("Basic {b64}").into_bytes()
+    }
+
+    /// The decision for these header values from `peer`.
+    async fn decide(s: &Scene, authorization: &[&[u8]], cookies: &[&[u8]], peer: &str) -> Outcome {
+        let peer: IpAddr = peer.parse().unwrap();
+        s.auth.decide(&Request { authorization, cookies, peer, client_cert: None }).await
+    }
+
+    #[tokio::test]
+    async fn a_verified_client_certificate_is_enough_whatever_the_device() {
+        let s = scene(None, |_| {});
+        let r =
+            Request { authorization: &[], cookies: &[], peer: [127, 0, 0, 1].into(), client_cert: Some("p") };
+        assert_eq!(s.auth.decide(&r).await, Outcome::Allow(Method::ClientCert));
+    }
+
+    #[tokio::test]
+    async fn the_token_works_in_every_device_state_and_never_opens_settings() {
+        let s = scene(None, |_| {});
+        let token = token::create(&s.dir.join("token.sha256")).unwrap();
+        let bearer = format!("Bearer {token}").into_bytes();
+        // No device config at all: the token still reads metrics.
+        assert_eq!(decide(&s, &[&bearer], &[], "127.0.0.1").await, Outcome::Allow(Method::Token));
+        // As the basic-auth password too.
+        assert_eq!(decide(&s, &[&basic(&token)], &[], "127.0.0.1").await, Outcome::Allow(Method::Token));
+        // Without it, the missing device state refuses (fail closed).
+        assert_eq!(decide(&s, &[], &[], "127.0.0.1").await, Outcome::Deny(Reason::DeviceConfigUnavailable));
+        let r = Request {
+            authorization: &[&bearer],
+            cookies: &[],
+            peer: [127, 0, 0, 1].into(),
+            client_cert: None,
+        };
+        assert_eq!(s.auth.decide_settings(&r).await.0, Outcome::Deny(Reason::ReadOnlyCredential));
+    }
+
+    #[tokio::test]
+    async fn device_states_fail_closed_and_no_password_passes() {
+        for (device, want) in [
+            (r#"{"localAuthMode":""}"#, Outcome::Deny(Reason::DeviceNotSetUp)),
+            (r#"{"localAuthMode":"pass"#, Outcome::Deny(Reason::DeviceConfigUnavailable)),
+            ("", Outcome::Deny(Reason::DeviceConfigUnavailable)),
+            (r#"{"localAuthMode":"noPassword"}"#, Outcome::Allow(Method::NoPassword)),
+        ] {
+            let s = scene(Some(device), |_| {});
+            assert_eq!(decide(&s, &[], &[], "127.0.0.1").await, want, "{device}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cookie_and_password_in_password_mode() {
+        let s = scene(Some(&password_mode("sess")), |_| {});
+        let ok = |m| Outcome::Allow(m);
+        assert_eq!(decide(&s, &[], &[b"a=1; authToken=sess"], "127.0.0.1").await, ok(Method::Cookie));
+        assert_eq!(
+            decide(&s, &[], &[b"authToken=other"], "127.0.0.1").await,
+            Outcome::Deny(Reason::BadCookie)
+        );
+        assert_eq!(decide(&s, &[&basic("right")], &[], "127.0.0.1").await, ok(Method::Password));
+        assert_eq!(
+            decide(&s, &[&basic("wrong")], &[], "127.0.0.1").await,
+            Outcome::Deny(Reason::BadPassword)
+        );
+        assert_eq!(decide(&s, &[], &[], "127.0.0.1").await, Outcome::Deny(Reason::MissingCredentials));
+        assert_eq!(
+            decide(&s, &[b"Digest x"], &[], "127.0.0.1").await,
+            Outcome::Deny(Reason::UnsupportedScheme)
+        );
+        assert_eq!(
+            decide(&s, &[b"Basic !!!"], &[], "127.0.0.1").await,
+            Outcome::Deny(Reason::MalformedAuthorization)
+        );
+        let long = "x".repeat(basic::MAX_PASSWORD + 1);
+        assert_eq!(
+            decide(&s, &[&basic(&long)], &[], "127.0.0.1").await,
+            Outcome::Deny(Reason::PasswordTooLong)
+        );
+        // A session after logout ("") matches nothing.
+        let s = scene(Some(&password_mode("")), |_| {});
+        assert_eq!(decide(&s, &[], &[b"authToken="], "127.0.0.1").await, Outcome::Deny(Reason::BadCookie));
+        // The device password can be refused on metrics altogether.
+        let s = scene(Some(&password_mode("sess")), |c| c.auth.device_password = false);
+        assert_eq!(
+            decide(&s, &[&basic("right")], &[], "127.0.0.1").await,
+            Outcome::Deny(Reason::DevicePasswordDisabled)
+        );
+        assert_eq!(decide(&s, &[], &[b"authToken=sess"], "127.0.0.1").await, ok(Method::Cookie));
+    }
+
+    #[tokio::test]
+    async fn over_budget_only_proved_and_random_secrets_pass_and_repeats_are_free() {
+        let s = scene(Some(&password_mode("sess")), |c| {
+            c.auth.failure_burst = 2;
+            c.auth.failure_interval = Duration::from_secs(3600);
+        });
+        let a = "192.0.2.1";
+        assert_eq!(decide(&s, &[&basic("right")], &[], a).await, Outcome::Allow(Method::Password));
+        for w in ["w1", "w2"] {
+            assert_eq!(decide(&s, &[&basic(w)], &[], a).await, Outcome::Deny(Reason::BadPassword));
+        }
+        // Over budget: a new password, right or wrong, is not checked.
+        let limited = |o| matches!(o, Outcome::Limited(_));
+        assert!(limited(decide(&s, &[&basic("w3")], &[], a).await));
+        // The password this address proved, and the cookie, still pass.
+        assert_eq!(decide(&s, &[&basic("right")], &[], a).await, Outcome::Allow(Method::Password));
+        assert_eq!(decide(&s, &[], &[b"authToken=sess"], a).await, Outcome::Allow(Method::Cookie));
+        // Another address proves nothing for this one, and has its own budget.
+        assert_eq!(decide(&s, &[&basic("right")], &[], "192.0.2.2").await, Outcome::Allow(Method::Password));
+        // Repeating what was tried costs nothing more: the debt stays where
+        // it is, as its Retry-After shows.
+        let Outcome::Limited(before) = decide(&s, &[&basic("w3")], &[], a).await else { panic!() };
+        for _ in 0..20 {
+            assert!(limited(decide(&s, &[&basic("w3")], &[], a).await));
+            assert!(limited(decide(&s, &[&basic("w1")], &[], a).await));
+        }
+        let Outcome::Limited(after) = decide(&s, &[&basic("w3")], &[], a).await else { panic!() };
+        assert!(after <= before, "{before:?} -> {after:?}");
+        // No credential at all: never 429, never a cost.
+        assert_eq!(decide(&s, &[], &[b"theme=dark"], a).await, Outcome::Deny(Reason::MissingCredentials));
+    }
+}

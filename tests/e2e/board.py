@@ -18,11 +18,8 @@ usage: tests/e2e/board.py [--keep]
 On failure the board's console log is copied to out/artifacts/.
 """
 
-import base64
-import http.client
 import json
 import os
-import re
 import shutil
 import socket
 import ssl
@@ -30,177 +27,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
+import types
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RESULTS = []
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def check(name, ok, detail=""):
-    RESULTS.append((name, bool(ok)))
-    print(f"{'ok  ' if ok else 'FAIL'} {name}{(': ' + detail) if detail and not ok else ''}", flush=True)
-    if not ok:
-        raise AssertionError(f"{name}: {detail}")
-
-
-def until(what, fn, timeout):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        try:
-            last = fn()
-            if last:
-                return last
-        except Exception as e:  # the board or Prometheus not ready yet
-            last = e
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-def http_status(url, headers=None):
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
-def https_status(port, path, headers, cafile, server_name):
-    """Status of one HTTPS request verified against `cafile` for `server_name`
-    (sent as SNI), or None if the TLS handshake fails."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
-                conn = http.client.HTTPConnection(server_name)
-                conn.sock = tls
-                conn.request("GET", path, headers=headers)
-                return conn.getresponse().status
-    except (ssl.SSLError, ConnectionError):
-        return None
-
-
-def device_certificates(work):
-    """The device's self-signed TLS as it keeps it: a CA and a leaf for its
-    default host, the leaf's chain including the CA."""
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=work)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *ec, "-keyout", "__ca__.key", "-out", "__ca__.crt", "-subj", "/CN=JetKVM CA", "-days", "30")
-    run("req", *ec, "-keyout", "jetkvm.local.key", "-out", "leaf.csr", "-subj", "/CN=jetkvm.local")
-    with open(f"{work}/san.ext", "w") as f:
-        f.write("subjectAltName=DNS:jetkvm.local\n")
-    run("x509", "-req", "-in", "leaf.csr", "-CA", "__ca__.crt", "-CAkey", "__ca__.key", "-CAcreateserial",
-        "-out", "leaf.crt", "-days", "10", "-extfile", "san.ext")
-    read = lambda name: open(f"{work}/{name}").read().strip()
-    return {"__ca__.crt": read("__ca__.crt"), "jetkvm.local.crt": read("leaf.crt") + "\n" + read("__ca__.crt"),
-            "jetkvm.local.key": read("jetkvm.local.key")}
-
-
-def basic(password):
-    return {"Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()}
-
-
-class Board:
-    def __init__(self, state, http, metrics):
-        self.state, self.http, self.metrics = state, http, metrics
-
-    def sh(self, command, timeout=30):
-        out = subprocess.run(
-            [f"{ROOT}/scripts/board-console", f"{self.state}/console.sock", command, "--timeout", str(timeout)],
-            capture_output=True, text=True,
-        )
-        if out.returncode != 0:
-            raise AssertionError(f"board: {command!r} exited {out.returncode}: {out.stdout}{out.stderr}")
-        return out.stdout
-
-    def secret(self, name):
-        with open(f"{self.state}/secrets/{name}") as f:
-            return f.read().strip()
-
-    def console_text(self):
-        """The console log without the kernel's own lines, which can land in
-        the middle of an init script's "Starting ...: OK"."""
-        with open(f"{self.state}/console.log", errors="replace") as f:
-            return re.sub(r"\[ *\d+\.\d+\] [^\r\n]*\r?\n", "", f.read())
-
-    def qemu_pid(self):
-        with open(f"{self.state}/qemu.pid") as f:
-            return int(f.read())
-
-
-class Prometheus:
-    def __init__(self, work, port, board, extra_jobs=""):
-        self.port = port
-        s = f"{board.state}/secrets"
-        with open(f"{work}/password", "w") as f:
-            f.write(board.secret("device-password"))
-        config = f"""
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: basic
-    basic_auth: {{username: admin, password_file: {work}/password}}
-    static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
-  - job_name: token
-    authorization: {{type: Bearer, credentials_file: {s}/token}}
-    static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
-  - job_name: wrong
-    scrape_interval: 10s
-    scrape_timeout: 5s
-    basic_auth: {{username: admin, password: not-the-password}}
-    static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
-  - job_name: mtls
-    scheme: https
-    tls_config:
-      ca_file: {s}/board-ca.pem
-      cert_file: {s}/client.crt
-      key_file: {s}/client.key
-      server_name: jetkvm.local
-    static_configs: [{{targets: ["127.0.0.1:{board.metrics}"]}}]
-{extra_jobs}"""
-        with open(f"{work}/prometheus.yml", "w") as f:
-            f.write(config)
-        self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={work}/prometheus.yml", f"--storage.tsdb.path={work}/tsdb",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=open(f"{work}/prometheus.log", "w"), stderr=subprocess.STDOUT,
-        )
-        self.password_file = f"{work}/password"
-
-    def query(self, q):
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
-        with urllib.request.urlopen(url, timeout=10) as r:
-            body = json.load(r)
-        return {tuple(sorted(x["metric"].items())): float(x["value"][1]) for x in body["data"]["result"]}
-
-    def value(self, q):
-        v = self.query(q)
-        return next(iter(v.values())) if v else None
-
-    def up(self, job):
-        return self.value(f'up{{job="{job}"}}')
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+# (No __pycache__ in the tree for the import below.)
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib import (  # noqa: E402  (next to this file)
+    RESULTS, ROOT, Board, Prometheus, basic, check, device_certificates, device_hash, failed, free_port,
+    http_status, https_status, run_phases, until,
+)
 
 
 def measure_mtls_handshakes(board, n=20):
     """Sessions are never resumed on the mTLS listener: each new connection
     pays a full handshake. Measures it against requests on one kept-alive
     connection (what Prometheus does between scrapes) and records both."""
-    import ssl
     s = f"{board.state}/secrets"
     ctx = ssl.create_default_context(cafile=f"{s}/board-ca.pem")
     ctx.load_cert_chain(f"{s}/client.crt", f"{s}/client.key")
@@ -241,195 +83,250 @@ def measure_mtls_handshakes(board, n=20):
         f.write(f"{fresh * 1000:.0f} {kept * 1000:.0f}\n")
 
 
+def boot(c):
+    """Boot the image; the daemon as init started it: its user, capabilities, version, probe."""
+    board = c.board
+    subprocess.run(
+        [f"{ROOT}/scripts/boot-board", "--detach", "--state", board.state,
+         "--http-port", str(board.http), "--metrics-port", str(board.metrics)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    with open(f"{board.state}/boot-to-scrape-seconds") as f:
+        print(f"board up: first successful scrape {f.read().strip()}s after power-on", flush=True)
+    check("board: daemon started by BusyBox init from S95jetkvm-metrics",
+          "supervise" in board.sh("ps") and "Starting jetkvm-metrics: OK" in board.console_text())
+    check("board: no C library in the image", board.sh("ls /lib/ld-* /lib/libc.so* 2>/dev/null | wc -l").strip() == "0")
+    # Least privilege: its own user, one capability, no way back.
+    status = board.sh("grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs):' "
+                      "/proc/$(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid)/status")
+    print(status, flush=True)
+    fields = {k: v.split() for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)}
+    uid = board.sh("grep '^jetkvm-metrics:' /etc/passwd | cut -d: -f3").strip()
+    dac_read_search = ["0000000000000004"]
+    check("board: the daemon runs as jetkvm-metrics, no groups, CAP_DAC_READ_SEARCH only, no_new_privs",
+          uid.isdigit() and uid != "0" and fields.get("Uid") == [uid] * 4 and fields.get("Groups") == []
+          and all(fields.get(cap) == dac_read_search for cap in ("CapEff", "CapPrm", "CapBnd"))
+          and all(fields.get(cap) == ["0000000000000000"] for cap in ("CapInh", "CapAmb"))
+          and fields.get("NoNewPrivs") == ["1"], status)
+    owners = board.sh("ls -ldn /userdata/jetkvm/metrics /var/run/jetkvm-metrics | awk '{print $3}'").split()
+    check("board: its token and pid directories are its own", owners == [uid] * 2, repr(owners))
+    # The system version is told to a client on the device (the update's
+    # probe), never to the LAN.
+    version = board.sh("cat /version").strip()
+    with urllib.request.urlopen(f"http://127.0.0.1:{board.http}/healthz", timeout=10) as r:
+        lan = r.read()
+    check("board: /healthz tells the LAN only ok", lan == b"ok\n", repr(lan))
+    local = board.sh("wget -q -O - http://127.0.0.1:3080/healthz")
+    check("board: /healthz tells a client on the device the version", local == f"ok {version}\n", repr(local))
+    probe = board.sh("/etc/init.d/S95jetkvm-metrics probe; echo exit=$?")
+    check("board: S95 probe answers with the daemon's configuration", "answered with version" in probe and "exit=0" in probe, probe)
+    c.token = {"Authorization": "Bearer " + board.secret("token")}
+
+
+def scrapes(c):
+    """Prometheus scrapes the board: basic auth, token, a wrong password, mTLS while off."""
+    board = c.board
+    prom = c.prom = Prometheus(c.work, free_port(), board)
+    until("Prometheus", lambda: prom.query("up") is not None, 60)
+    until("basic and token jobs up", lambda: prom.up("basic") == 1 and prom.up("token") == 1, 60)
+    check("prometheus: basic-auth job up", prom.up("basic") == 1)
+    check("prometheus: token job up", prom.up("token") == 1)
+    until("wrong-password job scraped", lambda: prom.up("wrong") is not None, 30)
+    check("prometheus: wrong-password job down", prom.up("wrong") == 0)
+    check("prometheus: mTLS job down while the metrics service is off", prom.up("mtls") == 0)
+    uptime = until("uptime from the board", lambda: prom.value('jetkvm_system_uptime_seconds{job="token"}'), 30)
+    check("prometheus: board uptime above 0", uptime > 0, str(uptime))
+    failures = until(
+        "auth failure counted",
+        lambda: prom.value('jetkvm_exporter_auth_failures_total{job="token",reason="bad_password"}'),
+        30,
+    )
+    check("board: auth failure counter rose", failures >= 1, str(failures))
+
+
+def password_change(c):
+    """The device password changes in place: the next scrape follows, no restart."""
+    board = c.board
+    prom = c.prom
+    url = c.url
+    old = board.secret("device-password")
+    new = "changed-" + old
+    hashed = c.hashed = device_hash(new)
+    c.new = new
+    doc = json.dumps({"localAuthMode": "password", "hashed_password": hashed, "local_auth_token": "", "tls_mode": ""}, indent=2)
+    board.sh(f"printf '%s\\n' '{doc}' > /userdata/kvm_config.json")
+    check("board: old password refused on the next scrape, no restart", http_status(url, basic(old)) == 401)
+    check("board: new password accepted", http_status(url, basic(new)) == 200)
+    until("basic job down with the old password", lambda: prom.up("basic") == 0, 30)
+    with open(prom.password_file, "w") as f:
+        f.write(new)
+    until("basic job back with the new password", lambda: prom.up("basic") == 1, 30)
+    check("prometheus: basic job follows the password change", prom.up("basic") == 1)
+
+
+def kill_9(c):
+    """kill -9: the supervisor brings the daemon back."""
+    board = c.board
+    url = c.url
+    token = c.token
+    pid = board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid").strip()
+    board.sh(f"kill -9 {pid}")
+    killed = time.monotonic()
+    until("daemon back after kill -9", lambda: http_status(url, token) == 200, 10)
+    back = time.monotonic() - killed
+    check("board: daemon back within 5 s of kill -9", back < 5, f"{back:.1f}s")
+    check("board: a new daemon process", board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid").strip() != pid)
+
+
+def device_tls(c):
+    """The device turns its TLS on and off: port 3080 follows."""
+    board = c.board
+    prom = c.prom
+    url = c.url
+    token = c.token
+    # The device turns its TLS on (self-signed): port 3080 follows, no
+    # restart; nothing answers in clear until the device has issued its
+    # certificate, then HTTPS with it; off again, plain HTTP returns.
+    device = lambda tls_mode: json.dumps({"localAuthMode": "password", "hashed_password": c.hashed,
+                                          "local_auth_token": "", "tls_mode": tls_mode}, indent=2)
+    board.sh(f"printf '%s\\n' '{device('self-signed')}' > /userdata/kvm_config.json")
+    check("board: device TLS on, certificates pending: plain HTTP refused", http_status(url, token) == 400)
+    certs = device_certificates(c.work)
+    board.sh("mkdir -p /userdata/jetkvm/tls")
+    for name in ("__ca__.crt", "jetkvm.local.key", "jetkvm.local.crt"):
+        board.sh(f"printf '%s\\n' '{certs[name]}' > /userdata/jetkvm/tls/{name}")
+    cafile = f"{c.work}/__ca__.crt"
+    status = until("HTTPS with the device's certificate",
+                   lambda: https_status(board.http, "/metrics", token, cafile, "jetkvm.local"), 30)
+    check("board: HTTPS on the same port with the device's certificate", status == 200, str(status))
+    check("board: plain HTTP still refused with TLS on", http_status(url, token) == 400)
+    check("board: settings page over HTTPS with the device password",
+          https_status(board.http, "/settings", basic(c.new), cafile, "jetkvm.local") == 200)
+    board.sh(f"printf '%s\\n' '{device('')}' > /userdata/kvm_config.json")
+    check("board: device TLS off: plain HTTP again", http_status(url, token) == 200)
+    check("board: and no TLS", https_status(board.http, "/metrics", token, cafile, "jetkvm.local") is None)
+    until("token job up again", lambda: prom.up("token") == 1, 30)
+
+
+def bounded_log(c):
+    """A flood of refusals: the system log stays within its buffer."""
+    board = c.board
+    prom = c.prom
+    url = c.url
+    # Logs are bounded: the daemon logs to syslogd's fixed ring buffer,
+    # never to a file in /var/log (RAM on the device). Fill the buffer
+    # with other messages, then flood refusals: the daemon's lines are
+    # there, and the log is no bigger than the buffer.
+    board.sh("yes 'filler: a long line to fill the system log buffer past its size, over and over' "
+             "| head -n 8000 | logger -t filler", timeout=120)
+    for _ in range(150):
+        http_status(url)
+    check("board: refusals still answered during the flood", http_status(url) in (401, 429))
+    logged = board.sh("logread | grep -c 'jetkvm-metrics.*refused /metrics'").strip()
+    check("board: refusals reach the system log", int(logged or 0) >= 1, logged)
+    size = int(board.sh("logread | wc -c").strip())
+    check("board: system log within its 256 KiB buffer after a flood", size <= 256 * 1024, f"{size} bytes")
+    files = board.sh("find /var/log/ -type f | wc -l").strip()
+    check("board: no log file grows in /var/log", files == "0", board.sh("ls -la /var/log/"))
+    print(f"board: system log {size} bytes after 8000 filler lines and 150 refusals", flush=True)
+    check("prometheus: token job up through the flood (checked over budget)", prom.up("token") == 1)
+
+
+def mtls_service(c):
+    """The mTLS metrics service, enabled the way a user migrates."""
+    board = c.board
+    prom = c.prom
+    url = c.url
+    token = c.token
+    # Enable the mTLS metrics service (the migration: the job exists first).
+    board.sh("cp /userdata/jetkvm/metrics/config-mtls.toml /userdata/jetkvm/metrics/config.toml"
+             " && /etc/init.d/S95jetkvm-metrics restart")
+    until("mTLS job up", lambda: prom.up("mtls") == 1, 60)
+    check("prometheus: mTLS job up with a client certificate", prom.up("mtls") == 1)
+    check("board: /metrics moved off the general listener", http_status(url, token) == 404)
+    until("general jobs down after the move", lambda: prom.up("token") == 0, 30)
+    tls = until("listener state", lambda: prom.value('jetkvm_exporter_listener_info{job="mtls",listener="metrics_service",tls="mtls"}'), 30)
+    check("prometheus: metrics service reports mTLS", tls == 1)
+    measure_mtls_handshakes(board)
+    rss = board.sh("grep '^Rss' /proc/$(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid)/smaps_rollup").split()[1]
+    print(f"board: daemon RSS (smaps_rollup) {rss} kB", flush=True)
+    with open(f"{board.state}/daemon-rss-kb", "w") as f:
+        f.write(rss)
+
+
+def init_script(c):
+    """The init script: FAIL, OK with /var/log read-only, a restart during the back-off."""
+    board = c.board
+    prom = c.prom
+    # The init script reports what happened. A daemon that cannot start
+    # (a bad configuration) is FAIL with a non-zero exit...
+    cfg = "/userdata/jetkvm/metrics/config.toml"
+    out = board.sh(f"cp {cfg} /tmp/config.good && echo 'bogus = 1' > {cfg} && "
+                   "/etc/init.d/S95jetkvm-metrics restart; echo exit=$?", timeout=60)
+    check("board: init script says FAIL when the daemon cannot start",
+          "Starting jetkvm-metrics: FAIL" in out and "exit=1" in out, out)
+    # ...and one that starts is OK even where /var/log cannot be written.
+    out = board.sh(f"cp /tmp/config.good {cfg} && mount -o remount,ro /tmp && "
+                   "/etc/init.d/S95jetkvm-metrics restart; echo exit=$?; mount -o remount,rw /tmp", timeout=60)
+    check("board: init script OK with /var/log read-only", "Starting jetkvm-metrics: OK" in out and "exit=0" in out, out)
+    until("mTLS job up after the restarts", lambda: prom.up("mtls") == 1, 60)
+    # A restart while the supervisor backs off from a crash-looping
+    # configuration: the old supervisor stops at once and never removes
+    # the new daemon's pid file or log pipe.
+    out = board.sh(f"echo 'bogus = 1' > {cfg} && /etc/init.d/S95jetkvm-metrics restart; sleep 12;"
+                   f" cp /tmp/config.good {cfg} && /etc/init.d/S95jetkvm-metrics restart; echo exit=$?", timeout=90)
+    check("board: restart during the back-off starts the fixed daemon", out.rstrip().endswith("Starting jetkvm-metrics: OK\nexit=0"), out)
+    time.sleep(40)
+    state = board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid && kill -0 $(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid) && echo alive;"
+                     " ls /var/run/ | grep -c '^jetkvm-metrics.log'; ps | grep '[s]upervise' | grep -vc '{'")
+    # (ps shows a BusyBox applet a shell runs without exec as {name}.)
+    check("board: 40 s later the daemon's pid file, one log pipe and one supervisor remain",
+          state.split()[1:] == ["alive", "1", "1"], state)
+    until("mTLS job up after the back-off", lambda: prom.up("mtls") == 1, 60)
+
+
+def shutdown(c):
+    """A clean shutdown through init."""
+    board = c.board
+    qpid = board.qemu_pid()
+    board.sh("poweroff", timeout=5)
+    until("board powered off", lambda: not os.path.exists(f"/proc/{qpid}"), 60)
+    log = board.console_text()
+    with open(f"{board.state}/console.log", errors="replace") as f:
+        kernel = f.read()
+    check("board: clean shutdown stopped the daemon", "Stopping jetkvm-metrics: OK" in log and "reboot: Power down" in kernel)
+
+
+PHASES = [
+    ("boot", boot),
+    ("scrapes", scrapes),
+    ("password change", password_change),
+    ("kill -9", kill_9),
+    ("device TLS", device_tls),
+    ("bounded log", bounded_log),
+    ("mTLS service", mtls_service),
+    ("init script", init_script),
+    ("shutdown", shutdown),
+]
+
+
 def main():
     keep = "--keep" in sys.argv
     work = tempfile.mkdtemp(prefix="jetkvm-e2e-")
     board = Board(f"{work}/board", free_port(), free_port())
-    prom = None
-    failed = False
+    c = types.SimpleNamespace(work=work, board=board, prom=None, token=None,
+                              url=f"http://127.0.0.1:{board.http}/metrics")
+    t0 = time.monotonic()
     try:
-        t0 = time.monotonic()
-        subprocess.run(
-            [f"{ROOT}/scripts/boot-board", "--detach", "--state", board.state,
-             "--http-port", str(board.http), "--metrics-port", str(board.metrics)],
-            check=True, stdout=subprocess.DEVNULL,
-        )
-        with open(f"{board.state}/boot-to-scrape-seconds") as f:
-            print(f"board up: first successful scrape {f.read().strip()}s after power-on", flush=True)
-        check("board: daemon started by BusyBox init from S95jetkvm-metrics",
-              "supervise" in board.sh("ps") and "Starting jetkvm-metrics: OK" in board.console_text())
-        check("board: no C library in the image", board.sh("ls /lib/ld-* /lib/libc.so* 2>/dev/null | wc -l").strip() == "0")
-        # Least privilege: its own user, one capability, no way back.
-        status = board.sh("grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs):' "
-                          "/proc/$(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid)/status")
-        print(status, flush=True)
-        fields = {k: v.split() for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)}
-        uid = board.sh("grep '^jetkvm-metrics:' /etc/passwd | cut -d: -f3").strip()
-        dac_read_search = ["0000000000000004"]
-        check("board: the daemon runs as jetkvm-metrics, no groups, CAP_DAC_READ_SEARCH only, no_new_privs",
-              uid.isdigit() and uid != "0" and fields.get("Uid") == [uid] * 4 and fields.get("Groups") == []
-              and all(fields.get(c) == dac_read_search for c in ("CapEff", "CapPrm", "CapBnd"))
-              and all(fields.get(c) == ["0000000000000000"] for c in ("CapInh", "CapAmb"))
-              and fields.get("NoNewPrivs") == ["1"], status)
-        owners = board.sh("ls -ldn /userdata/jetkvm/metrics /var/run/jetkvm-metrics | awk '{print $3}'").split()
-        check("board: its token and pid directories are its own", owners == [uid] * 2, repr(owners))
-        # The system version is told to a client on the device (the update's
-        # probe), never to the LAN.
-        version = board.sh("cat /version").strip()
-        with urllib.request.urlopen(f"http://127.0.0.1:{board.http}/healthz", timeout=10) as r:
-            lan = r.read()
-        check("board: /healthz tells the LAN only ok", lan == b"ok\n", repr(lan))
-        local = board.sh("wget -q -O - http://127.0.0.1:3080/healthz")
-        check("board: /healthz tells a client on the device the version", local == f"ok {version}\n", repr(local))
-        probe = board.sh("/etc/init.d/S95jetkvm-metrics probe; echo exit=$?")
-        check("board: S95 probe answers with the daemon's configuration", "answered with version" in probe and "exit=0" in probe, probe)
-
-        prom = Prometheus(work, free_port(), board)
-        until("Prometheus", lambda: prom.query("up") is not None, 60)
-        until("basic and token jobs up", lambda: prom.up("basic") == 1 and prom.up("token") == 1, 60)
-        check("prometheus: basic-auth job up", prom.up("basic") == 1)
-        check("prometheus: token job up", prom.up("token") == 1)
-        until("wrong-password job scraped", lambda: prom.up("wrong") is not None, 30)
-        check("prometheus: wrong-password job down", prom.up("wrong") == 0)
-        check("prometheus: mTLS job down while the metrics service is off", prom.up("mtls") == 0)
-        uptime = until("uptime from the board", lambda: prom.value('jetkvm_system_uptime_seconds{job="token"}'), 30)
-        check("prometheus: board uptime above 0", uptime > 0, str(uptime))
-        failures = until(
-            "auth failure counted",
-            lambda: prom.value('jetkvm_exporter_auth_failures_total{job="token",reason="bad_password"}'),
-            30,
-        )
-        check("board: auth failure counter rose", failures >= 1, str(failures))
-
-        # Password change inside the board, rewritten in place like the device.
-        old = board.secret("device-password")
-        new = "changed-" + old
-        h = subprocess.run(["mkpasswd", "-m", "bcrypt", "-R", "10", "--stdin"], input=new, capture_output=True, text=True, check=True)
-        hashed = "$2a$" + h.stdout.strip()[len("$2b$"):]
-        doc = json.dumps({"localAuthMode": "password", "hashed_password": hashed, "local_auth_token": "", "tls_mode": ""}, indent=2)
-        board.sh(f"printf '%s\\n' '{doc}' > /userdata/kvm_config.json")
-        url = f"http://127.0.0.1:{board.http}/metrics"
-        check("board: old password refused on the next scrape, no restart", http_status(url, basic(old)) == 401)
-        check("board: new password accepted", http_status(url, basic(new)) == 200)
-        until("basic job down with the old password", lambda: prom.up("basic") == 0, 30)
-        with open(prom.password_file, "w") as f:
-            f.write(new)
-        until("basic job back with the new password", lambda: prom.up("basic") == 1, 30)
-        check("prometheus: basic job follows the password change", prom.up("basic") == 1)
-
-        # kill -9: the supervisor brings the daemon back.
-        pid = board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid").strip()
-        board.sh(f"kill -9 {pid}")
-        killed = time.monotonic()
-        token = {"Authorization": "Bearer " + board.secret("token")}
-        until("daemon back after kill -9", lambda: http_status(url, token) == 200, 10)
-        back = time.monotonic() - killed
-        check("board: daemon back within 5 s of kill -9", back < 5, f"{back:.1f}s")
-        check("board: a new daemon process", board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid").strip() != pid)
-
-        # The device turns its TLS on (self-signed): port 3080 follows, no
-        # restart; nothing answers in clear until the device has issued its
-        # certificate, then HTTPS with it; off again, plain HTTP returns.
-        device = lambda tls_mode: json.dumps({"localAuthMode": "password", "hashed_password": hashed,
-                                              "local_auth_token": "", "tls_mode": tls_mode}, indent=2)
-        board.sh(f"printf '%s\\n' '{device('self-signed')}' > /userdata/kvm_config.json")
-        check("board: device TLS on, certificates pending: plain HTTP refused", http_status(url, token) == 400)
-        certs = device_certificates(work)
-        board.sh("mkdir -p /userdata/jetkvm/tls")
-        for name in ("__ca__.crt", "jetkvm.local.key", "jetkvm.local.crt"):
-            board.sh(f"printf '%s\\n' '{certs[name]}' > /userdata/jetkvm/tls/{name}")
-        cafile = f"{work}/__ca__.crt"
-        status = until("HTTPS with the device's certificate",
-                       lambda: https_status(board.http, "/metrics", token, cafile, "jetkvm.local"), 30)
-        check("board: HTTPS on the same port with the device's certificate", status == 200, str(status))
-        check("board: plain HTTP still refused with TLS on", http_status(url, token) == 400)
-        check("board: settings page over HTTPS with the device password",
-              https_status(board.http, "/settings", basic(new), cafile, "jetkvm.local") == 200)
-        board.sh(f"printf '%s\\n' '{device('')}' > /userdata/kvm_config.json")
-        check("board: device TLS off: plain HTTP again", http_status(url, token) == 200)
-        check("board: and no TLS", https_status(board.http, "/metrics", token, cafile, "jetkvm.local") is None)
-        until("token job up again", lambda: prom.up("token") == 1, 30)
-
-        # Logs are bounded: the daemon logs to syslogd's fixed ring buffer,
-        # never to a file in /var/log (RAM on the device). Fill the buffer
-        # with other messages, then flood refusals: the daemon's lines are
-        # there, and the log is no bigger than the buffer.
-        board.sh("yes 'filler: a long line to fill the system log buffer past its size, over and over' "
-                 "| head -n 8000 | logger -t filler", timeout=120)
-        for _ in range(150):
-            http_status(url)
-        check("board: refusals still answered during the flood", http_status(url) in (401, 429))
-        logged = board.sh("logread | grep -c 'jetkvm-metrics.*refused /metrics'").strip()
-        check("board: refusals reach the system log", int(logged or 0) >= 1, logged)
-        size = int(board.sh("logread | wc -c").strip())
-        check("board: system log within its 256 KiB buffer after a flood", size <= 256 * 1024, f"{size} bytes")
-        files = board.sh("find /var/log/ -type f | wc -l").strip()
-        check("board: no log file grows in /var/log", files == "0", board.sh("ls -la /var/log/"))
-        print(f"board: system log {size} bytes after 8000 filler lines and 150 refusals", flush=True)
-        check("prometheus: token job up through the flood (checked over budget)", prom.up("token") == 1)
-
-        # Enable the mTLS metrics service (the migration: the job exists first).
-        board.sh("cp /userdata/jetkvm/metrics/config-mtls.toml /userdata/jetkvm/metrics/config.toml"
-                 " && /etc/init.d/S95jetkvm-metrics restart")
-        until("mTLS job up", lambda: prom.up("mtls") == 1, 60)
-        check("prometheus: mTLS job up with a client certificate", prom.up("mtls") == 1)
-        check("board: /metrics moved off the general listener", http_status(url, token) == 404)
-        until("general jobs down after the move", lambda: prom.up("token") == 0, 30)
-        tls = until("listener state", lambda: prom.value('jetkvm_exporter_listener_info{job="mtls",listener="metrics_service",tls="mtls"}'), 30)
-        check("prometheus: metrics service reports mTLS", tls == 1)
-        measure_mtls_handshakes(board)
-        rss = board.sh("grep '^Rss' /proc/$(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid)/smaps_rollup").split()[1]
-        print(f"board: daemon RSS (smaps_rollup) {rss} kB", flush=True)
-        with open(f"{board.state}/daemon-rss-kb", "w") as f:
-            f.write(rss)
-
-        # The init script reports what happened. A daemon that cannot start
-        # (a bad configuration) is FAIL with a non-zero exit...
-        cfg = "/userdata/jetkvm/metrics/config.toml"
-        out = board.sh(f"cp {cfg} /tmp/config.good && echo 'bogus = 1' > {cfg} && "
-                       "/etc/init.d/S95jetkvm-metrics restart; echo exit=$?", timeout=60)
-        check("board: init script says FAIL when the daemon cannot start",
-              "Starting jetkvm-metrics: FAIL" in out and "exit=1" in out, out)
-        # ...and one that starts is OK even where /var/log cannot be written.
-        out = board.sh(f"cp /tmp/config.good {cfg} && mount -o remount,ro /tmp && "
-                       "/etc/init.d/S95jetkvm-metrics restart; echo exit=$?; mount -o remount,rw /tmp", timeout=60)
-        check("board: init script OK with /var/log read-only", "Starting jetkvm-metrics: OK" in out and "exit=0" in out, out)
-        until("mTLS job up after the restarts", lambda: prom.up("mtls") == 1, 60)
-        # A restart while the supervisor backs off from a crash-looping
-        # configuration: the old supervisor stops at once and never removes
-        # the new daemon's pid file or log pipe.
-        out = board.sh(f"echo 'bogus = 1' > {cfg} && /etc/init.d/S95jetkvm-metrics restart; sleep 12;"
-                       f" cp /tmp/config.good {cfg} && /etc/init.d/S95jetkvm-metrics restart; echo exit=$?", timeout=90)
-        check("board: restart during the back-off starts the fixed daemon", out.rstrip().endswith("Starting jetkvm-metrics: OK\nexit=0"), out)
-        time.sleep(40)
-        state = board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid && kill -0 $(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid) && echo alive;"
-                         " ls /var/run/ | grep -c '^jetkvm-metrics.log'; ps | grep '[s]upervise' | grep -vc '{'")
-        # (ps shows a BusyBox applet a shell runs without exec as {name}.)
-        check("board: 40 s later the daemon's pid file, one log pipe and one supervisor remain",
-              state.split()[1:] == ["alive", "1", "1"], state)
-        until("mTLS job up after the back-off", lambda: prom.up("mtls") == 1, 60)
-
-        # Clean shutdown through init.
-        qpid = board.qemu_pid()
-        board.sh("poweroff", timeout=5)
-        until("board powered off", lambda: not os.path.exists(f"/proc/{qpid}"), 60)
-        log = board.console_text()
-        with open(f"{board.state}/console.log", errors="replace") as f:
-            kernel = f.read()
-        check("board: clean shutdown stopped the daemon", "Stopping jetkvm-metrics: OK" in log and "reboot: Power down" in kernel)
-        print(f"e2e run took {time.monotonic() - t0:.0f}s", flush=True)
-    except Exception as e:  # report, keep the console log
-        failed = True
-        RESULTS.append((str(e), False))
-        print(f"FAIL {e}", flush=True)
+        run_phases(PHASES, c)
     finally:
-        if prom:
-            prom.stop()
+        if c.prom:
+            c.prom.stop()
         try:
             os.kill(board.qemu_pid(), 9)
         except (OSError, ValueError):
             pass
-        if failed:
+        if failed():
             os.makedirs(f"{ROOT}/out/artifacts", exist_ok=True)
             for name in ("console.log", "qemu.log"):
                 if os.path.exists(f"{board.state}/{name}"):
@@ -439,9 +336,10 @@ def main():
             print(f"artifacts: {ROOT}/out/artifacts/", flush=True)
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+    print(f"e2e run took {time.monotonic() - t0:.0f}s", flush=True)
     passed = sum(1 for _, ok in RESULTS if ok)
     print(f"e2e: {passed} passed, {len(RESULTS) - passed} failed")
-    return 1 if failed else 0
+    return 1 if failed() else 0
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ import zlib
 # (No __pycache__ in the tree for the import below.)
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import board as e2e  # noqa: E402  (the board test's helpers)
+import lib as e2e  # noqa: E402  (the end-to-end library, next to this file)
 
 ROOT = e2e.ROOT
 check, until, free_port = e2e.check, e2e.until, e2e.free_port
@@ -751,6 +751,7 @@ def main():
         board.stop()
         if server:
             server.shutdown()
+        failed = failed or e2e.failed()
         if failed:
             os.makedirs(f"{ROOT}/out/artifacts", exist_ok=True)
             for name in ("console.log", "qemu.log"):
@@ -761,7 +762,7 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
     passed = sum(1 for _, ok in e2e.RESULTS if ok)
     print(f"ota e2e: {passed} passed, {len(e2e.RESULTS) - passed} failed")
-    return 1 if failed else 0
+    return 1 if failed or e2e.failed() else 0
 
 
 if __name__ == "__main__":
