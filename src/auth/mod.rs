@@ -426,9 +426,11 @@ mod tests {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut config = Config::default();
-        config.device_config = dir.join("kvm_config.json");
-        config.token_file = dir.join("token.sha256");
+        let mut config = Config {
+            device_config: dir.join("kvm_config.json"),
+            token_file: dir.join("token.sha256"),
+            ..Config::default()
+        };
         if let Some(d) = device {
             std::fs::write(&config.device_config, d).unwrap();
         }
