@@ -24,8 +24,8 @@ const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// The user the daemon switches to, by its ids. The init script resolves
 /// the name (`id -u`, `id -g`): looking a name up here would link the C
-/// library's user database code (with its nscd client), 53 KB of the
-/// static armv7 binary, for one lookup at start.
+/// library's user database code, 53 KB of the static armv7 binary, for one
+/// lookup at start.
 #[derive(Debug)]
 pub struct User {
     uid: libc::uid_t,

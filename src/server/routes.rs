@@ -223,9 +223,10 @@ async fn authenticate(
 
 /// A request's `Authorization` and `Cookie` values, in buffers wiped when
 /// the request is done with them.
+#[derive(Default)]
 pub(super) struct Credentials {
-    pub authorization: Vec<Secret>,
-    pub cookies: Vec<Secret>,
+    authorization: Vec<Secret>,
+    cookies: Vec<Secret>,
 }
 
 impl Credentials {
@@ -247,7 +248,7 @@ impl Credentials {
 /// the allocator, when the connection ends, and the credentials when the
 /// request is.
 fn hold_credentials(req: &mut ServiceRequest) {
-    let mut held = Credentials { authorization: Vec::new(), cookies: Vec::new() };
+    let mut held = Credentials::default();
     let headers = req.headers_mut();
     let views: Vec<_> = headers.drain().collect();
     let mut name = None;
@@ -268,7 +269,7 @@ fn hold_credentials(req: &mut ServiceRequest) {
 
 /// The request's credentials, taken: wiped when the caller drops them.
 pub(super) fn take_credentials(ext: &mut actix_web::dev::Extensions) -> Credentials {
-    ext.remove::<Credentials>().unwrap_or(Credentials { authorization: Vec::new(), cookies: Vec::new() })
+    ext.remove::<Credentials>().unwrap_or_default()
 }
 
 /// What the auth decision sees of a request: plain values.

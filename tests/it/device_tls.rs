@@ -260,23 +260,7 @@ fn a_prometheus_https_job_stays_up_across_a_certificate_rotation() {
     // As a user would: the CA from the settings page (no credential), a
     // token from the CLI.
     let (r, _) = https(d.addr, &ca.cert_pem(), Some("jetkvm.local"), "/settings/ca.crt", &[]).unwrap();
-    let p = TempDir::new();
-    p.write("ca.crt", &r.text());
-    let out = std::process::Command::new(BIN)
-        .args(["token", "new", "--config"])
-        .arg(d.dir.path("config.toml"))
-        .output()
-        .unwrap();
-    p.write("token", String::from_utf8_lossy(&out.stdout).trim());
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: jetkvm\n    scheme: https\n\
-         \x20   tls_config:\n      ca_file: {0}/ca.crt\n      server_name: jetkvm.local\n\
-         \x20   authorization:\n      type: Bearer\n      credentials_file: {0}/token\n\
-         \x20   static_configs:\n      - targets: [\"{1}\"]\n",
-        p.0.display(),
-        d.addr
-    );
-    let prometheus = Prometheus::start(p, &config);
+    let prometheus = Prometheus::https_job(&r.text(), "jetkvm.local", &new_token(&d), d.addr);
     let query = |q: &str| prometheus.query(q);
     wait_for("the job to be up", || query("up{job=\"jetkvm\"}") == Some(1.0));
     let up_since = Instant::now();

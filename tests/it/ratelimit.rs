@@ -179,15 +179,7 @@ fn a_flood_of_wrong_passwords_does_not_stop_verified_scrapes() {
         Some(&password_mode(&hash("right", Version::TwoA, 10), "session-token")),
     );
     let good = basic("admin", "right");
-    let (_, out, _) = {
-        let o = std::process::Command::new(BIN)
-            .args(["token", "new", "--config"])
-            .arg(d.dir.path("config.toml"))
-            .output()
-            .unwrap();
-        (o.status, String::from_utf8_lossy(&o.stdout).into_owned(), ())
-    };
-    let token = format!("Bearer {}", out.trim());
+    let token = format!("Bearer {}", new_token(&d));
     // Verify the password once from the scraping client, so its later
     // scrapes use the remembered result.
     assert_eq!(get_from("127.0.0.2", d.addr, "/metrics", &[("Authorization", &good)]).status, 200);

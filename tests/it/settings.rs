@@ -98,12 +98,7 @@ fn only_the_device_credentials_open_the_page_and_refusals_reveal_nothing() {
     }
 
     // The read-only credentials never open it.
-    let out = std::process::Command::new(BIN)
-        .args(["token", "new", "--config"])
-        .arg(d.dir.path("config.toml"))
-        .output()
-        .unwrap();
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let token = new_token(&d);
     assert_eq!(d.get("/metrics", &[("Authorization", &bearer(&token))]).status, 200);
     assert_eq!(d.get("/settings", &[("Authorization", &bearer(&token))]).status, 401);
     assert_eq!(d.get("/settings", &[("Authorization", &basic("prometheus", &token))]).status, 401);

@@ -497,18 +497,7 @@ fn a_connection_and_handshake_flood_from_one_address_fails_no_other_clients_scra
     });
     let addr = d.metrics_addr.unwrap();
     let token = new_token(&d);
-    let p = TempDir::new();
-    p.write("ca.crt", &c.ca.cert_pem());
-    p.write("token", &token);
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: jetkvm\n    scheme: https\n\
-         \x20   tls_config:\n      ca_file: {0}/ca.crt\n      server_name: localhost\n\
-         \x20   authorization:\n      type: Bearer\n      credentials_file: {0}/token\n\
-         \x20   static_configs:\n      - targets: [\"{1}\"]\n",
-        p.0.display(),
-        addr
-    );
-    let prometheus = Prometheus::start(p, &config);
+    let prometheus = Prometheus::https_job(&c.ca.cert_pem(), "localhost", &token, addr);
     wait_for("the job to be up", || prometheus.query("up{job=\"jetkvm\"}") == Some(1.0));
     // From 127.0.0.2, as fast as it goes: connections that handshake and
     // stay open, and connections that say nothing.

@@ -571,6 +571,22 @@ impl Prometheus {
         Prometheus { child, addr, _dir: dir }
     }
 
+    /// One job, `jetkvm`, scraping `target` every second over HTTPS with
+    /// `token`, trusting `ca_pem` for `server_name`.
+    pub fn https_job(ca_pem: &str, server_name: &str, token: &str, target: SocketAddr) -> Prometheus {
+        let dir = TempDir::new();
+        dir.write("ca.crt", ca_pem);
+        dir.write("token", token);
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: jetkvm\n    scheme: https\n\
+             \x20   tls_config:\n      ca_file: {0}/ca.crt\n      server_name: {server_name}\n\
+             \x20   authorization:\n      type: Bearer\n      credentials_file: {0}/token\n\
+             \x20   static_configs:\n      - targets: [\"{target}\"]\n",
+            dir.0.display(),
+        );
+        Prometheus::start(dir, &config)
+    }
+
     /// The single value of an instant query, if there is one.
     pub fn query(&self, q: &str) -> Option<f64> {
         let encoded: String = q
