@@ -28,3 +28,19 @@ free_port() {
 rss_kib() {
     awk '/^Rss:/ {print $2}' "/proc/$1/smaps_rollup"
 }
+
+# bound_addr PORTS_FILE PID [ROLE]: the address a daemon started with
+# `serve --ports-file PORTS_FILE` listens on for ROLE (default general),
+# once it has written the file; fails if PID exits or 20 s pass first.
+bound_addr() {
+    local file="$1" pid="$2" role="${3:-general}" i
+    for ((i = 0; i < 200; i++)); do
+        if [[ -s "$file" ]]; then
+            awk -v r="$role" '$1 == r {print $2}' "$file"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}

@@ -10,7 +10,8 @@ const USAGE: &str = "\
 jetkvm-metrics: authenticated Prometheus metrics for the JetKVM
 
 USAGE:
-    jetkvm-metrics serve [--config FILE] [--pidfile FILE] [--user UID:GID]
+    jetkvm-metrics serve [--config FILE] [--pidfile FILE] [--ports-file FILE]
+                         [--user UID:GID]
     jetkvm-metrics check-config [--config FILE]
     jetkvm-metrics token new|revoke|status [--config FILE]
     jetkvm-metrics probe [--config FILE]
@@ -45,6 +46,10 @@ OPTIONS:
                        missing or invalid is an error.
     -p, --pidfile FILE (serve) Write the daemon's pid here once it is
                        listening; removed when it stops.
+        --ports-file FILE
+                       (serve) Write each listener's bound address here once
+                       it is listening, a line each: ROLE ADDRESS (general,
+                       metrics_service); removed when it stops.
     -u, --user UID:GID (serve) Once listening, become this user and group
                        (ids, as `id -u` and `id -g` print them), keeping
                        only CAP_DAC_READ_SEARCH (to read the device's
@@ -74,6 +79,7 @@ struct Args {
     command: Command,
     config: Option<PathBuf>,
     pidfile: Option<PathBuf>,
+    ports_file: Option<PathBuf>,
     user: Option<String>,
 }
 
@@ -89,6 +95,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
     let mut command = None;
     let mut config = None;
     let mut pidfile = None;
+    let mut ports_file = None;
     let mut user = None;
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
@@ -99,6 +106,9 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
             }
             Short('p') | Long("pidfile") => {
                 pidfile = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?));
+            }
+            Long("ports-file") => {
+                ports_file = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?));
             }
             Short('u') | Long("user") => {
                 user = Some(p.value().map_err(|e| e.to_string())?.to_string_lossy().into_owned());
@@ -130,10 +140,13 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
         }
     }
     match command {
-        Some(Command::Serve) => Ok(Parsed::Run(Args { command: Command::Serve, config, pidfile, user })),
+        Some(Command::Serve) => {
+            Ok(Parsed::Run(Args { command: Command::Serve, config, pidfile, ports_file, user }))
+        }
         Some(_) if pidfile.is_some() => Err("--pidfile is an option of serve (try --help)".into()),
+        Some(_) if ports_file.is_some() => Err("--ports-file is an option of serve (try --help)".into()),
         Some(_) if user.is_some() => Err("--user is an option of serve (try --help)".into()),
-        Some(command) => Ok(Parsed::Run(Args { command, config, pidfile, user })),
+        Some(command) => Ok(Parsed::Run(Args { command, config, pidfile, ports_file, user })),
         None => Err("missing command: serve, check-config, token or probe (try --help)".into()),
     }
 }
@@ -158,7 +171,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
             0
         }
         Parsed::Run(Args { command: Command::CheckConfig, config, .. }) => check_config(config),
-        Parsed::Run(Args { command: Command::Serve, config, pidfile, user }) => serve(config, pidfile, user),
+        Parsed::Run(Args { command: Command::Serve, config, pidfile, ports_file, user }) => {
+            let announce =
+                crate::server::Announce { pidfile: pidfile.as_deref(), ports_file: ports_file.as_deref() };
+            serve(config, &announce, user)
+        }
         Parsed::Run(Args { command: Command::Token(t), config, .. }) => token(t, config),
         Parsed::Run(Args { command: Command::Probe, config, .. }) => probe(config),
     }
@@ -181,7 +198,7 @@ fn probe(path: Option<PathBuf>) -> i32 {
 
 /// Loads the configuration, or prints one line per problem on stderr.
 fn load(path: Option<&std::path::Path>) -> Option<Config> {
-    match Config::load(path) {
+    match crate::startup::load(path) {
         Ok(c) => Some(c),
         Err(problems) => {
             for p in &problems {
@@ -210,7 +227,9 @@ fn token(command: TokenCommand, path: Option<PathBuf>) -> i32 {
             }
         }),
         TokenCommand::Status => token::status(file).map(|r| match r {
-            Some(r) => println!("token set since {} ({})", token::rfc3339(r.created), file.display()),
+            Some(r) => {
+                println!("token set since {} ({})", crate::wording::rfc3339(r.created), file.display())
+            }
             None => println!("no token ({})", file.display()),
         }),
     };
@@ -226,9 +245,9 @@ fn token(command: TokenCommand, path: Option<PathBuf>) -> i32 {
 /// Errors on stdout and exit 1; warnings (paths not usable on this machine
 /// now) on stderr, which alone still pass.
 fn check_config(path: Option<PathBuf>) -> i32 {
-    let (errors, warnings) = match Config::load(path.as_deref()) {
+    let (errors, warnings) = match crate::startup::load(path.as_deref()) {
         Ok(c) => {
-            let checked = c.check();
+            let checked = crate::startup::check(&c);
             (checked.errors, checked.warnings)
         }
         Err(problems) => (problems, Vec::new()),
@@ -247,7 +266,7 @@ fn check_config(path: Option<PathBuf>) -> i32 {
     }
 }
 
-fn serve(path: Option<PathBuf>, pidfile: Option<PathBuf>, user: Option<String>) -> i32 {
+fn serve(path: Option<PathBuf>, announce: &crate::server::Announce, user: Option<String>) -> i32 {
     crate::crypto::init();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let Some(config) = load(path.as_deref()) else { return 1 };
@@ -259,14 +278,15 @@ fn serve(path: Option<PathBuf>, pidfile: Option<PathBuf>, user: Option<String>) 
         }
     };
     // The metrics service's certificates are checked when it is built.
-    if let Some(p) = config.check_roots().first() {
+    if let Some(p) = crate::startup::roots(&config).first() {
         eprintln!("jetkvm-metrics: {p}");
         return 1;
     }
     if path.is_none() && config.source != DEFAULT_PATH {
         log::info!("no {DEFAULT_PATH}: using built-in defaults");
     }
-    match crate::server::run(config, pidfile.as_deref(), user.as_ref()) {
+    crate::tuning::at_start();
+    match crate::server::run(config, announce, user.as_ref()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("jetkvm-metrics: {e}");

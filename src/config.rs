@@ -1,11 +1,14 @@
 //! Configuration: strict TOML (unknown keys are errors) turned into a
 //! validated [`Config`]. Every problem is reported as one line naming the
-//! file, the key and the reason. This module does not open sockets or read
-//! device state; `check` verifies that what `serve` needs is usable here,
-//! and warns about named paths that are not.
+//! file, the key and the reason. A key is declared twice: its field (with
+//! its doc) in `Config`, and one line in `parse` that states its default
+//! and its range (the raw TOML structs below only mirror the file's shape).
+//! This module reads no file and imports nothing of the crate: loading and
+//! checking what the keys name is `startup`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -103,42 +106,11 @@ pub struct Auth {
     pub tracked_clients: usize,
 }
 
+/// The defaults are what an empty file means: each key's default is
+/// stated once, where it is read (see `Config::parse`).
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            source: "built-in defaults".into(),
-            listen_addr: "0.0.0.0:3080".parse().expect("valid literal"),
-            device_config: "/userdata/kvm_config.json".into(),
-            proc_root: "/proc".into(),
-            sys_root: "/sys".into(),
-            version_file: "/version".into(),
-            connection_ports: vec![80, 443, 8554],
-            filesystems: vec!["/".into(), "/userdata".into()],
-            workers: 1,
-            token_file: "/userdata/jetkvm/metrics/token.sha256".into(),
-            limits: Limits {
-                max_connections: 64,
-                max_connections_per_client: 8,
-                header_timeout: Duration::from_secs(10),
-                write_timeout: Duration::from_secs(10),
-                max_header_bytes: 8192,
-                max_headers: 64,
-            },
-            auth: Auth {
-                bcrypt_concurrency: 1,
-                bcrypt_queue: 4,
-                cache_entries: 16,
-                device_password: true,
-                failure_burst: 10,
-                failure_interval: Duration::from_secs(6),
-                unverified_interval: Duration::from_secs(1),
-                tracked_clients: 4096,
-            },
-            metrics_service: None,
-            device_tls_dir: "/userdata/jetkvm/tls".into(),
-            follow_device_tls: true,
-            host_names: Vec::new(),
-        }
+        Config::parse("", "built-in defaults").expect("the defaults are valid")
     }
 }
 
@@ -220,19 +192,19 @@ impl Problems<'_> {
         self.lines.push(format!("config {}: key \"{key}\": {reason}", self.file));
     }
 
-    fn int(&mut self, key: &str, v: Option<i64>, min: i64, max: i64, default: usize) -> usize {
+    fn int(&mut self, key: &str, v: Option<i64>, range: RangeInclusive<i64>, default: i64) -> usize {
         match v {
-            None => default,
-            Some(n) if (min..=max).contains(&n) => n as usize,
+            Some(n) if range.contains(&n) => n as usize,
             Some(n) => {
-                self.key(key, format_args!("{n} is out of range {min}..={max}"));
-                default
+                self.key(key, format_args!("{n} is out of range {}..={}", range.start(), range.end()));
+                default as usize
             }
+            None => default as usize,
         }
     }
 
-    fn duration(&mut self, key: &str, v: Option<&str>, default: Duration) -> Duration {
-        match v.map(parse_duration) {
+    fn duration(&mut self, key: &str, v: Option<String>, default: Duration) -> Duration {
+        match v.as_deref().map(parse_duration) {
             None => default,
             Some(Ok(d)) if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) => d,
             Some(Ok(_)) => {
@@ -246,44 +218,40 @@ impl Problems<'_> {
         }
     }
 
-    fn path(&mut self, key: &str, v: Option<PathBuf>, default: PathBuf) -> PathBuf {
+    fn path(&mut self, key: &str, v: Option<PathBuf>, default: &str) -> PathBuf {
         match v {
-            None => default,
+            None => default.into(),
             Some(p) if p.is_absolute() => p,
             Some(p) => {
                 self.key(key, format_args!("{:?} is not an absolute path", p.display().to_string()));
-                default
+                default.into()
             }
+        }
+    }
+
+    fn addr(&mut self, key: &str, v: Option<String>, default: &str) -> SocketAddr {
+        let default = default.parse().expect("valid literal");
+        match v {
+            None => default,
+            Some(s) => s.parse().unwrap_or_else(|_| {
+                self.key(key, format_args!("{s:?} is not an IP:port socket address"));
+                default
+            }),
+        }
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, Vec<String>> {
+        if self.lines.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.lines)
         }
     }
 }
 
 impl Config {
-    /// Loads `path`, or [`DEFAULT_PATH`] if it exists, or the defaults.
-    pub fn load(path: Option<&Path>) -> Result<Config, Vec<String>> {
-        Config::load_or(path, Path::new(DEFAULT_PATH))
-    }
-
-    /// Loads `path`, or `default` if there is anything at all at that path,
-    /// or the built-in defaults if there is nothing there. A named file
-    /// that is missing is an error; so is a default path that cannot be
-    /// looked at or read (permissions, a directory, a dangling link): only
-    /// a path that certainly does not exist means "no configuration".
-    pub fn load_or(path: Option<&Path>, default: &Path) -> Result<Config, Vec<String>> {
-        let path = match path {
-            Some(p) => p.to_path_buf(),
-            None => match std::fs::symlink_metadata(default) {
-                Ok(_) => default.to_path_buf(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-                Err(e) => return Err(vec![format!("config {}: {}", default.display(), io_reason(&e))]),
-            },
-        };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| vec![format!("config {}: {}", path.display(), io_reason(&e))])?;
-        Config::parse(&text, &path.display().to_string())
-    }
-
-    /// Parses and validates TOML text; `file` names it in messages.
+    /// Parses and validates TOML text; `file` names it in messages. Each
+    /// key's default and range are stated here, where it is read.
     pub fn parse(text: &str, file: &str) -> Result<Config, Vec<String>> {
         let raw: Raw = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
@@ -293,123 +261,8 @@ impl Config {
                 None => format!("config {file}: {msg}"),
             }]
         })?;
-        let d = Config::default();
         let mut p = Problems { file, lines: Vec::new() };
-
-        let listen_addr = match raw.listen_addr {
-            None => d.listen_addr,
-            Some(s) => s.parse().unwrap_or_else(|_| {
-                p.key("listen_addr", format_args!("{s:?} is not an IP:port socket address"));
-                d.listen_addr
-            }),
-        };
-        let connection_ports = match raw.connection_ports {
-            None => d.connection_ports,
-            Some(v) => {
-                let mut ports = Vec::new();
-                for n in v {
-                    match u16::try_from(n) {
-                        Ok(port) if port > 0 && !ports.contains(&port) => ports.push(port),
-                        Ok(port) if port > 0 => {
-                            p.key("connection_ports", format_args!("port {port} is listed twice"))
-                        }
-                        _ => p.key("connection_ports", format_args!("{n} is not a TCP port")),
-                    }
-                }
-                ports
-            }
-        };
-        let filesystems = match raw.filesystems {
-            None => d.filesystems,
-            Some(v) => {
-                let mut out: Vec<PathBuf> = Vec::new();
-                for f in v {
-                    if !f.is_absolute() {
-                        p.key(
-                            "filesystems",
-                            format_args!("{:?} is not an absolute path", f.display().to_string()),
-                        );
-                    } else if out.contains(&f) {
-                        p.key("filesystems", format_args!("{:?} is listed twice", f.display().to_string()));
-                    } else {
-                        out.push(f);
-                    }
-                }
-                out
-            }
-        };
-        let dl = &d.limits;
-        let limits = Limits {
-            max_connections: p.int(
-                "limits.max_connections",
-                raw.limits.max_connections,
-                1,
-                100_000,
-                dl.max_connections,
-            ),
-            max_connections_per_client: p.int(
-                "limits.max_connections_per_client",
-                raw.limits.max_connections_per_client,
-                1,
-                100_000,
-                dl.max_connections_per_client,
-            ),
-            header_timeout: p.duration(
-                "limits.header_timeout",
-                raw.limits.header_timeout.as_deref(),
-                dl.header_timeout,
-            ),
-            write_timeout: p.duration(
-                "limits.write_timeout",
-                raw.limits.write_timeout.as_deref(),
-                dl.write_timeout,
-            ),
-            max_header_bytes: p.int(
-                "limits.max_header_bytes",
-                raw.limits.max_header_bytes,
-                8192,
-                1 << 20,
-                dl.max_header_bytes,
-            ),
-            max_headers: p.int("limits.max_headers", raw.limits.max_headers, 8, 1000, dl.max_headers),
-        };
-        let da = &d.auth;
-        let auth = Auth {
-            bcrypt_concurrency: p.int(
-                "auth.bcrypt_concurrency",
-                raw.auth.bcrypt_concurrency,
-                1,
-                64,
-                da.bcrypt_concurrency,
-            ),
-            bcrypt_queue: p.int("auth.bcrypt_queue", raw.auth.bcrypt_queue, 0, 1024, da.bcrypt_queue),
-            cache_entries: p.int("auth.cache_entries", raw.auth.cache_entries, 1, 1024, da.cache_entries),
-            device_password: raw.auth.device_password.unwrap_or(da.device_password),
-            failure_burst: p.int(
-                "auth.failure_burst",
-                raw.auth.failure_burst,
-                1,
-                10_000,
-                da.failure_burst as usize,
-            ) as u32,
-            failure_interval: p.duration(
-                "auth.failure_interval",
-                raw.auth.failure_interval.as_deref(),
-                da.failure_interval,
-            ),
-            unverified_interval: p.duration(
-                "auth.unverified_interval",
-                raw.auth.unverified_interval.as_deref(),
-                da.unverified_interval,
-            ),
-            tracked_clients: p.int(
-                "auth.tracked_clients",
-                raw.auth.tracked_clients,
-                16,
-                1_000_000,
-                da.tracked_clients,
-            ),
-        };
+        let listen_addr = p.addr("listen_addr", raw.listen_addr, "0.0.0.0:3080");
         let metrics_service = match raw.metrics_service {
             Some(m) if m.enabled == Some(true) => Some(metrics_service(&mut p, m, listen_addr)),
             Some(m) => {
@@ -421,87 +274,94 @@ impl Config {
         let config = Config {
             source: file.to_owned(),
             listen_addr,
-            device_config: p.path("device_config", raw.device_config, d.device_config),
-            proc_root: p.path("proc_root", raw.proc_root, d.proc_root),
-            sys_root: p.path("sys_root", raw.sys_root, d.sys_root),
-            version_file: p.path("version_file", raw.version_file, d.version_file),
-            connection_ports,
-            filesystems,
-            workers: p.int("workers", raw.workers, 1, 64, d.workers),
-            token_file: p.path("token_file", raw.token_file, d.token_file),
-            limits,
-            auth,
+            device_config: p.path("device_config", raw.device_config, "/userdata/kvm_config.json"),
+            proc_root: p.path("proc_root", raw.proc_root, "/proc"),
+            sys_root: p.path("sys_root", raw.sys_root, "/sys"),
+            version_file: p.path("version_file", raw.version_file, "/version"),
+            connection_ports: connection_ports(&mut p, raw.connection_ports),
+            filesystems: filesystems(&mut p, raw.filesystems),
+            workers: p.int("workers", raw.workers, 1..=64, 1),
+            token_file: p.path("token_file", raw.token_file, "/userdata/jetkvm/metrics/token.sha256"),
+            limits: Limits::parse(&mut p, raw.limits),
+            auth: Auth::parse(&mut p, raw.auth),
             metrics_service,
-            device_tls_dir: p.path("device_tls_dir", raw.device_tls_dir, d.device_tls_dir),
-            follow_device_tls: raw.follow_device_tls.unwrap_or(d.follow_device_tls),
+            device_tls_dir: p.path("device_tls_dir", raw.device_tls_dir, "/userdata/jetkvm/tls"),
+            follow_device_tls: raw.follow_device_tls.unwrap_or(true),
             host_names: host_names(&mut p, raw.host_names),
         };
-        if p.lines.is_empty() {
-            Ok(config)
-        } else {
-            Err(p.lines)
-        }
-    }
-
-    /// Problems that stop `serve`: roots the collectors cannot work without.
-    pub fn check_roots(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (key, dir) in [("proc_root", &self.proc_root), ("sys_root", &self.sys_root)] {
-            if !dir.is_dir() {
-                out.push(format!(
-                    "config {}: key \"{key}\": {} is not a directory",
-                    self.source,
-                    dir.display()
-                ));
-            }
-        }
-        out
-    }
-
-    /// Problems that stop `serve`: the roots the collectors need, and the
-    /// metrics service's certificates (never fall back to plaintext). `serve`
-    /// checks the certificates as it builds the service.
-    pub fn check_startup(&self) -> Vec<String> {
-        let mut out = self.check_roots();
-        if let Some(ms) = self.metrics_service.as_ref().filter(|m| !m.keypairs.is_empty()) {
-            if let Err(e) = crate::tls::Acceptor::new(ms) {
-                out.push(format!("config {}: {e}", self.source));
-            }
-        }
-        out
-    }
-
-    /// What `check-config` reports beyond syntax: errors are what would
-    /// stop `serve` (the roots, the metrics service's certificates);
-    /// warnings are named paths that are not usable on this machine now.
-    /// The device's state is not configuration: a device not set up yet (no
-    /// `device_config` file) or without a token is a valid state.
-    pub fn check(&self) -> Checked {
-        let errors = self.check_startup();
-        let mut warnings = Vec::new();
-        let mut warn =
-            |key: &str, e: String| warnings.push(format!("config {}: key \"{key}\": {e}", self.source));
-        if let Err(e) = crate::auth::token::status(&self.token_file) {
-            warn("token_file", format!("{e}; tokens are refused until it is fixed"));
-        }
-        if self.device_config.exists() {
-            if let Err(e) = crate::device::DeviceConfig::load(&self.device_config) {
-                warn("device_config", format!("{e}; device credentials are refused while it is"));
-            }
-        }
-        for f in &self.filesystems {
-            if let Err(e) = nix::sys::statvfs::statvfs(f) {
-                warn("filesystems", format!("{}: {e}", f.display()));
-            }
-        }
-        Checked { errors, warnings }
+        p.finish(config)
     }
 }
 
-/// What `Config::check` found.
-pub struct Checked {
-    pub errors: Vec<String>,
-    pub warnings: Vec<String>,
+impl Limits {
+    fn parse(p: &mut Problems, raw: RawLimits) -> Limits {
+        Limits {
+            max_connections: p.int("limits.max_connections", raw.max_connections, 1..=100_000, 64),
+            max_connections_per_client: p.int(
+                "limits.max_connections_per_client",
+                raw.max_connections_per_client,
+                1..=100_000,
+                8,
+            ),
+            header_timeout: p.duration("limits.header_timeout", raw.header_timeout, Duration::from_secs(10)),
+            write_timeout: p.duration("limits.write_timeout", raw.write_timeout, Duration::from_secs(10)),
+            max_header_bytes: p.int("limits.max_header_bytes", raw.max_header_bytes, 8192..=1 << 20, 8192),
+            max_headers: p.int("limits.max_headers", raw.max_headers, 8..=1000, 64),
+        }
+    }
+}
+
+impl Auth {
+    fn parse(p: &mut Problems, raw: RawAuth) -> Auth {
+        Auth {
+            bcrypt_concurrency: p.int("auth.bcrypt_concurrency", raw.bcrypt_concurrency, 1..=64, 1),
+            bcrypt_queue: p.int("auth.bcrypt_queue", raw.bcrypt_queue, 0..=1024, 4),
+            cache_entries: p.int("auth.cache_entries", raw.cache_entries, 1..=1024, 16),
+            device_password: raw.device_password.unwrap_or(true),
+            failure_burst: p.int("auth.failure_burst", raw.failure_burst, 1..=10_000, 10) as u32,
+            failure_interval: p.duration(
+                "auth.failure_interval",
+                raw.failure_interval,
+                Duration::from_secs(6),
+            ),
+            unverified_interval: p.duration(
+                "auth.unverified_interval",
+                raw.unverified_interval,
+                Duration::from_secs(1),
+            ),
+            tracked_clients: p.int("auth.tracked_clients", raw.tracked_clients, 16..=1_000_000, 4096),
+        }
+    }
+}
+
+/// TCP ports, each once.
+fn connection_ports(p: &mut Problems, v: Option<Vec<i64>>) -> Vec<u16> {
+    let Some(v) = v else { return vec![80, 443, 8554] };
+    let mut ports = Vec::new();
+    for n in v {
+        match u16::try_from(n) {
+            Ok(port) if port > 0 && !ports.contains(&port) => ports.push(port),
+            Ok(port) if port > 0 => p.key("connection_ports", format_args!("port {port} is listed twice")),
+            _ => p.key("connection_ports", format_args!("{n} is not a TCP port")),
+        }
+    }
+    ports
+}
+
+/// Absolute paths, each once.
+fn filesystems(p: &mut Problems, v: Option<Vec<PathBuf>>) -> Vec<PathBuf> {
+    let Some(v) = v else { return vec!["/".into(), "/userdata".into()] };
+    let mut out: Vec<PathBuf> = Vec::new();
+    for f in v {
+        if !f.is_absolute() {
+            p.key("filesystems", format_args!("{:?} is not an absolute path", f.display().to_string()));
+        } else if out.contains(&f) {
+            p.key("filesystems", format_args!("{:?} is listed twice", f.display().to_string()));
+        } else {
+            out.push(f);
+        }
+    }
+    out
 }
 
 /// Keys that only mean something in an enabled metrics service: set without
@@ -521,13 +381,7 @@ fn not_enabled(p: &mut Problems, m: &RawMetricsService) {
 }
 
 fn metrics_service(p: &mut Problems, m: RawMetricsService, general: SocketAddr) -> MetricsService {
-    let listen_addr = match m.listen_addr {
-        None => "0.0.0.0:3081".parse().expect("valid literal"),
-        Some(s) => s.parse().unwrap_or_else(|_| {
-            p.key("metrics_service.listen_addr", format_args!("{s:?} is not an IP:port socket address"));
-            "0.0.0.0:3081".parse().expect("valid literal")
-        }),
-    };
+    let listen_addr = p.addr("metrics_service.listen_addr", m.listen_addr, "0.0.0.0:3081");
     if listen_addr == general && general.port() != 0 {
         p.key("metrics_service.listen_addr", format_args!("{listen_addr} is also listen_addr"));
     }
@@ -623,21 +477,6 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
-/// An I/O error as a short lowercase reason, without Rust's "(os error N)".
-pub fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => {
-            let s = e.to_string();
-            match s.find(" (os error") {
-                Some(i) => s[..i].to_lowercase(),
-                None => s.to_lowercase(),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,32 +535,6 @@ mod tests {
             .unwrap()
             .metrics_service
             .is_none());
-    }
-
-    /// Regression: a default config file that could not be looked at (a
-    /// dangling link, a loop, no permission) meant "no file": the daemon
-    /// ran on the defaults, whatever the file said.
-    #[test]
-    fn a_default_path_that_cannot_be_read_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("jetkvm-metrics-config-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let missing = dir.join("missing.toml");
-        assert_eq!(Config::load_or(None, &missing).unwrap().source, "built-in defaults");
-        let looped = dir.join("loop.toml");
-        std::os::unix::fs::symlink(&looped, &looped).unwrap();
-        let dangling = dir.join("dangling.toml");
-        std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
-        let directory = dir.join("dir.toml");
-        std::fs::create_dir(&directory).unwrap();
-        for bad in [&looped, &dangling, &directory] {
-            let e = Config::load_or(None, bad).unwrap_err();
-            assert!(e[0].starts_with(&format!("config {}: ", bad.display())), "{e:?}");
-        }
-        let good = dir.join("good.toml");
-        std::fs::write(&good, "workers = 1\n").unwrap();
-        assert_eq!(Config::load_or(None, &good).unwrap().source, good.display().to_string());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

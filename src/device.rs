@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::io_reason;
 use crate::watch::FileKey;
+use crate::wording::io_reason;
 
 /// Files larger than this are not a device config.
 const MAX_SIZE: u64 = 1 << 20;

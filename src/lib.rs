@@ -2,7 +2,9 @@
 //!
 //! Modules, one concern each:
 //! - `cli`: the command line (`serve`, `check-config`, `token`, `probe`)
-//! - `config`: strict TOML into a validated `Config`
+//! - `config`: strict TOML into a validated `Config` (a leaf: imports nothing
+//!   of the crate)
+//! - `startup`: loading the configuration file, and checking what it names
 //! - `device`: the device's auth state (`kvm_config.json`), fail closed
 //! - `auth`: one module per credential and the one function that decides
 //! - `collectors`: device state read on scrape, one file per collector
@@ -11,6 +13,11 @@
 //! - `probe`: asks a running daemon, from the device, whether it serves
 //! - `telemetry`: the daemon's own counters
 //! - `crypto`: OpenSSL primitives (random, HMAC, constant-time compare)
+//! - `tls`: OpenSSL contexts for both listeners, reloaded as files change
+//! - `privilege`: dropping to the daemon's own user once bound
+//! - `tuning`: allocator and paging advice at start
+//! - `watch`: cheap "did this file change" stamps
+//! - `wording`: I/O errors and dates as people read them
 
 pub mod auth;
 pub mod cli;
@@ -22,9 +29,12 @@ pub mod metrics;
 pub mod privilege;
 pub mod probe;
 pub mod server;
+pub mod startup;
 pub mod telemetry;
 pub mod tls;
+pub mod tuning;
 pub mod watch;
+pub mod wording;
 
 /// The target triple this binary was built for.
 pub const TARGET: &str = env!("JETKVM_METRICS_TARGET");

@@ -140,7 +140,7 @@ fn device_tls_mode(path: &Path) -> Result<TlsMode, String> {
 /// The first certificate of a PEM file, as DER.
 fn leaf(path: &Path) -> Result<Vec<u8>, String> {
     let pem =
-        std::fs::read(path).map_err(|e| format!("{}: {}", path.display(), crate::config::io_reason(&e)))?;
+        std::fs::read(path).map_err(|e| format!("{}: {}", path.display(), crate::wording::io_reason(&e)))?;
     X509::stack_from_pem(&pem)
         .ok()
         .and_then(|v| v.first().and_then(|c| c.to_der().ok()))
@@ -149,7 +149,7 @@ fn leaf(path: &Path) -> Result<Vec<u8>, String> {
 
 /// One `GET /healthz` (or, on an mTLS listener, one handshake).
 fn ask(addr: SocketAddr, speak: &Speak, version: &str) -> Result<(), String> {
-    let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| crate::config::io_reason(&e))?;
+    let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| crate::wording::io_reason(&e))?;
     tcp.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
     tcp.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
     let host = match speak {
@@ -210,12 +210,12 @@ fn served(got: Option<X509>, want: &[u8]) -> Result<(), String> {
 /// Sends the request and reads the answer to its end (bounded).
 fn exchange(mut s: impl Read + Write, host: &str) -> Result<Vec<u8>, String> {
     s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| format!("sending: {}", crate::config::io_reason(&e)))?;
+        .map_err(|e| format!("sending: {}", crate::wording::io_reason(&e)))?;
     let mut answer = Vec::new();
     match s.take(MAX_ANSWER).read_to_end(&mut answer) {
         Ok(_) => Ok(answer),
         // A TLS peer may close without close_notify after the answer.
         Err(_) if !answer.is_empty() => Ok(answer),
-        Err(e) => Err(format!("reading: {}", crate::config::io_reason(&e))),
+        Err(e) => Err(format!("reading: {}", crate::wording::io_reason(&e))),
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use base64::Engine;
 
-use super::{visible_ascii, Malformed};
+use super::outcome::{visible_ascii, Malformed};
 use crate::crypto::{ct_eq, Mac, Secret};
 
 /// bcrypt looks at 72 bytes at most; longer passwords are refused rather

@@ -1,7 +1,7 @@
 //! The device's browser session: the `authToken` cookie, compared with the
 //! device's `local_auth_token`.
 
-use super::{visible_ascii, Malformed};
+use super::outcome::{visible_ascii, Malformed};
 use crate::crypto::ct_eq;
 
 pub const NAME: &str = "authToken";

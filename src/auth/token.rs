@@ -23,9 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-use crate::config::io_reason;
 use crate::crypto::{ct_eq, random_bytes};
 use crate::watch::Stamp;
+use crate::wording::io_reason;
 
 /// Tokens start with this, so a leaked one is recognisable.
 pub const PREFIX: &str = "jkm_";
@@ -214,23 +214,6 @@ fn sync_dir(path: &Path) -> Result<(), String> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
 }
 
-/// Unix seconds as RFC 3339 UTC, e.g. `2026-11-22T08:00:00Z`.
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// Result of checking a presented token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -327,12 +310,5 @@ mod tests {
         let a = generate();
         assert!(a.starts_with(PREFIX) && a.len() == PREFIX.len() + 43, "{a}");
         assert_ne!(a, generate());
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_334_927), "2026-11-22T08:08:47Z");
     }
 }

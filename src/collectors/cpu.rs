@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{parse_error, read, under, user_hz, Collector, Result};
+use super::collector::{parse_error, read, under, user_hz, Collector, Result};
 use crate::metrics::{Families, Kind};
 
 /// Column order of the `cpu` line (guest time is already counted in user).

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{read, Collector, Error, Result};
+use super::collector::{read, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 pub struct Device {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use nix::sys::statvfs::statvfs;
 
-use super::{Collector, Error, Result};
+use super::collector::{Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 pub struct Filesystem {

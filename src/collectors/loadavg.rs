@@ -2,7 +2,7 @@
 
 use sysinfo::System;
 
-use super::{Collector, Error, Result};
+use super::collector::{Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 pub struct LoadAvg;

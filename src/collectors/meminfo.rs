@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use sysinfo::{MemoryRefreshKind, System};
 
-use super::{Collector, Error, Result};
+use super::collector::{Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 pub struct MemInfo {

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{parse_error, read, under, Collector, Result};
+use super::collector::{parse_error, read, under, Collector, Result};
 use crate::metrics::{Families, Kind};
 
 /// (column in /proc/net/dev after the name, metric, help)

@@ -8,31 +8,21 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use prometheus::core::Desc;
-use prometheus::proto::MetricFamily;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use super::read;
+use super::collector::{read, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 pub struct Process {
     system: Mutex<System>,
     pid: Pid,
-    desc: Desc,
 }
 
 impl Process {
     pub fn new() -> std::result::Result<Self, String> {
         let pid = sysinfo::get_current_pid().map_err(|e| format!("process: {e}"))?;
         let system = System::new().map_err(|e| format!("process: {e}"))?;
-        let desc = Desc::new(
-            "process_cpu_seconds_total".into(),
-            "Total user and system CPU time spent in seconds.".into(),
-            Vec::new(),
-            Default::default(),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Process { system: Mutex::new(system), pid, desc })
+        Ok(Process { system: Mutex::new(system), pid })
     }
 }
 
@@ -50,20 +40,18 @@ fn rss(self_dir: &Path) -> Option<u64> {
     kb.checked_mul(1024)
 }
 
-impl prometheus::core::Collector for Process {
-    fn desc(&self) -> Vec<&Desc> {
-        vec![&self.desc]
+impl Collector for Process {
+    fn name(&self) -> &'static str {
+        "process"
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
+    fn update(&self, out: &mut Families) -> Result<()> {
         let mut s = self.system.lock().unwrap_or_else(|p| p.into_inner());
         let kind = ProcessRefreshKind::nothing().with_memory().with_cpu();
         s.refresh_processes_specifics(ProcessesToUpdate::Some(&[self.pid]), true, kind);
         let Some(p) = s.process(self.pid) else {
-            log::debug!("process metrics: /proc/self not readable");
-            return Vec::new();
+            return Err(Error::NoData("/proc/self is not readable".into()));
         };
-        let mut out = Families::new();
         out.single(
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds.",
@@ -103,6 +91,6 @@ impl prometheus::core::Collector for Process {
             Kind::Gauge,
             p.start_time() as f64,
         );
-        out.into_vec()
+        Ok(())
     }
 }

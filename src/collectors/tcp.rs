@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{parse_error, read, under, Collector, Error, Result};
+use super::collector::{parse_error, read, under, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 /// Kernel TCP states, indexed by their `st` code minus one.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{io_error, parse_error, read, Collector, Error, Result};
+use super::collector::{io_error, parse_error, read, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 pub struct Thermal {

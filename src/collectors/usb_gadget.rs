@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{io_error, read, Collector, Error, Result};
+use super::collector::{io_error, read, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 /// The USB device states the kernel reports (`usb_state_string`), so each

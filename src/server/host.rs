@@ -9,7 +9,7 @@
 
 use actix_web::http::header::{self, HeaderMap};
 
-use super::Listener;
+use super::listener::Listener;
 use crate::config::Config;
 use crate::tls::device::{device_names, Serving, DEFAULT_HOST};
 

@@ -10,23 +10,26 @@
 //! third-party assets, a CSP that allows only the page's own style, and no
 //! framing.
 
-use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::OnceLock;
 
 use actix_web::body::BoxBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::InternalError;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
-use actix_web::{web, Error, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, Error, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::conn::ConnInfo;
-use super::routes::{auth_request, limited, refuse, take_credentials, text};
-use super::{Listener, Role, State};
+use super::credentials::{auth_request, take_credentials};
+use super::listener::Listener;
+use super::refusal::{closing, limited, no_connection, refuse, text};
+use super::settings_page::{self as page, Done, Page, TokenState};
+use super::slot::ConnInfo;
+use super::state::State;
 use crate::auth::{token, Method, Outcome, Reason};
-use crate::device::{AuthMode, TlsMode};
 use crate::tls::device::Serving;
 
 /// Largest form body accepted: two short fields.
@@ -34,36 +37,6 @@ pub const FORM_LIMIT: usize = 1024;
 /// Time the whole form body has once its head is in: 1 KiB from a person's
 /// browser on the LAN takes milliseconds.
 const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
-
-const STYLE: &str = "body{font-family:sans-serif;max-width:52em;margin:1em auto;padding:0 1em;color:#222}\
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em}\
-table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left}\
-pre{background:#f4f4f4;padding:.6em;overflow-x:auto}\
-.warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em}\
-.new{background:#e7f6e7;border:1px solid #3a3;padding:.6em}\
-form{display:inline-block;margin-right:1em}button{padding:.3em 1em}";
-
-/// Where the pasted jobs expect their secret files.
-const TOKEN_FILE: &str = "/etc/prometheus/jetkvm-token";
-const PASSWORD_FILE: &str = "/etc/prometheus/jetkvm-password";
-const CA_FILE: &str = "/etc/prometheus/jetkvm-ca.crt";
-
-const UNAUTHORIZED: &str =
-    "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>JetKVM metrics</title></head>\n\
-<body><h1>Unauthorized</h1><p>Sign in to the device first.</p></body></html>\n";
-
-/// The page's Content-Security-Policy: nothing but its own inline style,
-/// forms posting only here, no framing.
-fn csp() -> &'static str {
-    static CSP: OnceLock<String> = OnceLock::new();
-    CSP.get_or_init(|| {
-        use base64::Engine;
-        let hash = base64::engine::general_purpose::STANDARD.encode(openssl::sha::sha256(STYLE.as_bytes()));
-        format!(
-            "default-src 'none'; style-src 'sha256-{hash}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-        )
-    })
-}
 
 /// Headers on every answer under `/settings`, refusals included.
 pub async fn page_headers(
@@ -76,23 +49,35 @@ pub async fn page_headers(
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     // `same-origin`: the form's POST still carries this page's Origin.
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp()));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(page::csp()));
     Ok(res)
 }
 
-/// Who is asking, once the device has let them in.
-struct Visitor {
+/// Who is asking, once the device has let them in: a handler that takes a
+/// `Visitor` runs only for an admitted one (the refusal is the response).
+pub struct Visitor {
     method: Method,
     /// The anti-CSRF value for this credential.
     csrf: String,
     conn: Rc<ConnInfo>,
 }
 
+impl FromRequest for Visitor {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Visitor, Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = req.app_data::<web::Data<State>>().cloned().expect("the App carries the state");
+            admit(&req, &state).await.map_err(|r| InternalError::from_response("refused", r).into())
+        })
+    }
+}
+
 /// The settings decision, counted and logged; a refusal is the response.
 async fn admit(req: &HttpRequest, state: &State) -> Result<Visitor, HttpResponse> {
-    let Some(conn) = req.conn_data::<Rc<ConnInfo>>().cloned() else {
-        return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "no connection\n"));
-    };
+    let Some(conn) = req.conn_data::<Rc<ConnInfo>>().cloned() else { return Err(no_connection()) };
     let credentials = take_credentials(&mut req.extensions_mut());
     let (authorization, cookies) = (credentials.authorization(), credentials.cookies());
     // The general listener has no client certificates; the decision
@@ -108,8 +93,7 @@ async fn admit(req: &HttpRequest, state: &State) -> Result<Visitor, HttpResponse
         (Outcome::Limited(retry), _) => limited(state, "/settings", retry, conn.peer),
     };
     Err(if refusal.status() == StatusCode::UNAUTHORIZED {
-        // The browser's prompt for the device password, and nothing else.
-        let mut r = refusal.set_body(BoxBody::new(UNAUTHORIZED));
+        let mut r = refusal.set_body(BoxBody::new(page::UNAUTHORIZED));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         r
     } else {
@@ -118,11 +102,13 @@ async fn admit(req: &HttpRequest, state: &State) -> Result<Visitor, HttpResponse
 }
 
 /// `GET /settings`.
-pub async fn page(req: HttpRequest, state: web::Data<State>, listener: web::Data<Listener>) -> HttpResponse {
-    match admit(&req, &state).await {
-        Ok(v) => render(&req, &state, &listener, &v, None).await,
-        Err(r) => r,
-    }
+pub async fn page(
+    v: Visitor,
+    req: HttpRequest,
+    state: web::Data<State>,
+    listener: web::Data<Listener>,
+) -> HttpResponse {
+    respond(&req, &state, &listener, &v, None).await
 }
 
 #[derive(Deserialize)]
@@ -152,17 +138,14 @@ async fn read_form(req: &HttpRequest, payload: web::Payload) -> Result<TokenForm
 }
 
 /// `POST /settings/token`: `action` = `create` (which also rotates) or
-/// `revoke`.
+/// `revoke`, from the settings page (same origin, its anti-CSRF value).
 pub async fn token_action(
+    v: Visitor,
     req: HttpRequest,
     state: web::Data<State>,
     listener: web::Data<Listener>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let v = match admit(&req, &state).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     let peer = v.conn.peer;
     let cross_site = || {
         state.telemetry.auth_failure(Reason::CrossSiteRequest);
@@ -189,74 +172,77 @@ pub async fn token_action(
         }
         Err(_) => {
             state.telemetry.http_error(crate::telemetry::HttpError::Timeout);
-            let mut r = text(StatusCode::REQUEST_TIMEOUT, "the form did not arrive in time\n");
-            r.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
-            return r;
+            return closing(text(StatusCode::REQUEST_TIMEOUT, "the form did not arrive in time\n"));
         }
     };
     if !crate::crypto::ct_eq(form.csrf.as_bytes(), v.csrf.as_bytes()) {
         return cross_site();
     }
-    let path = state.config.token_file.clone();
-    let by = format!("from the settings page by {peer} ({})", v.method.label());
-    match form.action.as_str() {
-        "create" => {
-            let had = token::status(&path).ok().flatten().is_some();
-            let created = web::block(move || token::create(&path)).await;
-            state.auth.tokens().invalidate();
-            match created {
-                Ok(Ok(t)) => {
-                    log::info!("metrics token {} {by}", if had { "rotated" } else { "created" });
-                    render(&req, &state, &listener, &v, Some(Done::Created(t))).await
-                }
-                Ok(Err(e)) => failed(&state, &req, &listener, &v, format!("token_file {e}")).await,
-                Err(_) => {
-                    failed(&state, &req, &listener, &v, "token_file: the write did not run".into()).await
-                }
-            }
-        }
-        "revoke" => {
-            let revoked = web::block(move || token::revoke(&path)).await;
-            state.auth.tokens().invalidate();
-            match revoked {
-                Ok(Ok(had)) => {
-                    if had {
-                        log::info!("metrics token revoked {by}");
-                    }
-                    render(&req, &state, &listener, &v, Some(Done::Revoked(had))).await
-                }
-                Ok(Err(e)) => failed(&state, &req, &listener, &v, format!("token_file {e}")).await,
-                Err(_) => {
-                    failed(&state, &req, &listener, &v, "token_file: the removal did not run".into()).await
-                }
-            }
-        }
+    let done = match form.action.as_str() {
+        "create" => create(&state, &v).await,
+        "revoke" => revoke(&state, &v).await,
         _ => {
             state.telemetry.bad_request();
-            text(StatusCode::BAD_REQUEST, "action must be create or revoke\n")
+            return text(StatusCode::BAD_REQUEST, "action must be create or revoke\n");
         }
+    };
+    let failed = matches!(done, Done::Failed(_));
+    let mut r = respond(&req, &state, &listener, &v, Some(done)).await;
+    if failed {
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    r
+}
+
+/// Creates (or rotates) the token, off the worker.
+async fn create(state: &State, v: &Visitor) -> Done {
+    let path = state.config.token_file.clone();
+    let had = token::status(&path).ok().flatten().is_some();
+    let created = web::block(move || token::create(&path)).await;
+    state.auth.tokens().invalidate();
+    match created {
+        Ok(Ok(t)) => {
+            let what = if had { "rotated" } else { "created" };
+            log::info!("metrics token {what} {}", by(v));
+            Done::Created(t)
+        }
+        Ok(Err(e)) => failed(format!("token_file {e}")),
+        Err(_) => failed("token_file: the write did not run".into()),
     }
 }
 
-async fn failed(
-    state: &State,
-    req: &HttpRequest,
-    listener: &Listener,
-    v: &Visitor,
-    e: String,
-) -> HttpResponse {
+/// Revokes the token, off the worker.
+async fn revoke(state: &State, v: &Visitor) -> Done {
+    let path = state.config.token_file.clone();
+    let revoked = web::block(move || token::revoke(&path)).await;
+    state.auth.tokens().invalidate();
+    match revoked {
+        Ok(Ok(had)) => {
+            if had {
+                log::info!("metrics token revoked {}", by(v));
+            }
+            Done::Revoked(had)
+        }
+        Ok(Err(e)) => failed(format!("token_file {e}")),
+        Err(_) => failed("token_file: the removal did not run".into()),
+    }
+}
+
+fn by(v: &Visitor) -> String {
+    format!("from the settings page by {} ({})", v.conn.peer, v.method.label())
+}
+
+fn failed(e: String) -> Done {
     log::error!("settings page: {e}");
-    let mut r = render(req, state, listener, v, Some(Done::Failed(e))).await;
-    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    r
+    Done::Failed(e)
 }
 
 /// `GET /settings/ca.crt`: the CA that issued the device's certificates,
 /// for Prometheus' `ca_file`. Public, as in every handshake: fetching it
 /// needs no credential, so none is sent before it is trusted.
-pub async fn ca(state: web::Data<State>, listener: web::Data<Listener>) -> HttpResponse {
+pub async fn ca(listener: web::Data<Listener>) -> HttpResponse {
     let pem = match &listener.device_tls {
-        Some(d) => match d.current(&state.auth.device().tls_mode().await) {
+        Some(d) => match d.current().await {
             Serving::Tls(b) => b.ca_pem.clone(),
             _ => None,
         },
@@ -289,222 +275,85 @@ fn same_origin(req: &HttpRequest, encrypted: bool) -> bool {
     })
 }
 
-/// What a POST just did.
-enum Done {
-    /// The new token, shown this once.
-    Created(String),
-    /// Whether there was a token to revoke.
-    Revoked(bool),
-    Failed(String),
-}
-
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// One listener's TLS as a person reads it, and whether metrics reach it
-/// over HTTPS (and the server name to verify, if known).
-fn tls_state(l: &Listener, mode: &TlsMode) -> (String, bool, Option<String>) {
-    if let Some(t) = &l.tls {
-        let what = if t.mtls() { "HTTPS, client certificates required (mTLS)" } else { "HTTPS" };
-        return (what.into(), true, None);
-    }
-    match &l.device_tls {
-        None => ("plain HTTP (follow_device_tls is off)".into(), false, None),
-        Some(d) => match d.current(mode) {
-            Serving::Off => ("plain HTTP: the device's TLS is off".into(), false, None),
-            Serving::Tls(b) => {
-                let until = b.not_after.first().map(|(_, t)| token::rfc3339((*t).max(0) as u64)).unwrap_or_default();
-                let s = format!(
-                    "HTTPS with the device's {} certificate for {} (valid until {until}); plain HTTP refused",
-                    b.mode.label(),
-                    b.hosts.join(", ")
-                );
-                (s, true, b.hosts.iter().find(|h| !h.contains('*')).cloned())
-            }
-            Serving::Pending(m) => (
-                format!(
-                    "the device's TLS is {} but it has issued no certificate yet: plain HTTP refused, HTTPS not available until it does",
-                    m.label()
-                ),
-                true,
-                None,
-            ),
-        },
-    }
-}
-
-async fn render(
+/// The page, gathered and rendered.
+async fn respond(
     req: &HttpRequest,
     state: &State,
     this: &Listener,
     v: &Visitor,
     done: Option<Done>,
 ) -> HttpResponse {
-    let device = state.auth.device().current().await.ok();
-    let mode = state.auth.device().tls_mode().await;
-    let mut p = String::with_capacity(8192);
-    let _ = write!(
-        p,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>JetKVM metrics settings</title><style>{STYLE}</style></head>\n<body>\n<h1>JetKVM metrics settings</h1>\n"
-    );
-    let password_mode = device.as_ref().is_some_and(|d| d.mode == AuthMode::Password);
-    if !v.conn.encrypted.get() && password_mode {
-        p.push_str(
-            "<p class=\"warn\" id=\"plain-warning\"><strong>This page came over plain HTTP.</strong> \
-The device's session cookie or password crossed the network in clear to reach it. \
-Turn on TLS in the device's settings: this port then serves HTTPS with the device's certificate.</p>\n",
-        );
-    }
-    match &done {
-        Some(Done::Created(t)) => {
-            let _ = writeln!(
-                p,
-                "<div class=\"new\"><p><strong>New metrics token</strong> (shown this once; any previous token no longer works):</p>\
-<pre id=\"new-token\">{}</pre><p>Save it as <code>{TOKEN_FILE}</code> on the Prometheus host.</p></div>",
-                escape(t)
-            );
-        }
-        Some(Done::Revoked(true)) => p.push_str("<p class=\"new\" id=\"done\">Token revoked.</p>\n"),
-        Some(Done::Revoked(false)) => p.push_str("<p class=\"new\" id=\"done\">No token was set.</p>\n"),
-        Some(Done::Failed(e)) => {
-            let _ = writeln!(p, "<p class=\"warn\" id=\"done\">Failed: {}</p>", escape(e));
-        }
-        None => {}
-    }
+    let page = gather(req, state, this, v, done).await;
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page::render(&page))
+}
 
-    p.push_str("<h2>Read-only metrics token</h2>\n");
-    let has_token = match token::status(&state.config.token_file) {
-        Ok(Some(r)) => {
-            let _ =
-                writeln!(p, "<p id=\"token-state\">A token is set, since {}.</p>", token::rfc3339(r.created));
-            true
-        }
-        Ok(None) => {
-            p.push_str("<p id=\"token-state\">No token is set.</p>\n");
-            false
-        }
-        Err(e) => {
-            let _ = writeln!(
-                p,
-                "<p class=\"warn\" id=\"token-state\">The token file cannot be used ({}): every token is refused.</p>",
-                escape(&e)
-            );
-            true
-        }
+/// What the page shows, read once: the device's state, the token file (off
+/// the worker), each listener's TLS as of now.
+async fn gather(req: &HttpRequest, state: &State, this: &Listener, v: &Visitor, done: Option<Done>) -> Page {
+    let auth_mode = state.auth.device().current().await.ok().map(|d| d.mode);
+    let path = state.config.token_file.clone();
+    let token = match web::block(move || token::status(&path)).await {
+        Ok(Ok(Some(r))) => TokenState::Set(r.created),
+        Ok(Ok(None)) => TokenState::Absent,
+        Ok(Err(e)) => TokenState::Unusable(e),
+        Err(_) => TokenState::Unusable("the read did not run".into()),
     };
-    let csrf = escape(&v.csrf);
-    let _ = write!(
-        p,
-        "<form method=\"post\" action=\"/settings/token\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-<button type=\"submit\" name=\"action\" value=\"create\" id=\"create\">{}</button></form>",
-        if has_token { "Rotate token" } else { "Create token" }
-    );
-    if has_token {
-        let _ = write!(
-            p,
-            "<form method=\"post\" action=\"/settings/token\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-<button type=\"submit\" name=\"action\" value=\"revoke\" id=\"revoke\">Revoke token</button></form>"
-        );
-    }
-    p.push_str("\n<p>The token only reads metrics; it cannot open this page.</p>\n");
-
-    p.push_str(
-        "<h2>Listeners</h2>\n<table><tr><th>Listener</th><th>Address</th><th>Serves</th><th>TLS</th></tr>\n",
-    );
-    let mut metrics_at = None;
+    let mut listeners = Vec::with_capacity(state.listeners.len());
     for l in &state.listeners {
-        let (tls, https, server_name) = tls_state(l, &mode);
-        let serves = match (l.role, l.serves_metrics) {
-            (Role::General, true) => "this page, /metrics",
-            (Role::General, false) => "this page",
-            (Role::MetricsService, _) => "/metrics",
-        };
-        let _ = writeln!(
-            p,
-            "<tr id=\"listener-{}\"><td>{}</td><td>{}</td><td>{serves}</td><td>{}</td></tr>",
-            l.role.label(),
-            l.role.label(),
-            l.address(),
-            escape(&tls)
-        );
-        if l.serves_metrics {
-            metrics_at = Some((l, https, server_name));
-        }
+        listeners.push(page::Listener {
+            role: l.role,
+            address: l.address(),
+            serves_metrics: l.serves_metrics,
+            tls: tls(l).await,
+        });
     }
-    p.push_str("</table>\n");
-    let device_ca = match &this.device_tls {
-        Some(d) => matches!(d.serving(), Serving::Tls(ref b) if b.ca_pem.is_some()),
-        None => false,
-    };
-    if device_ca {
-        let _ = writeln!(
-            p,
-            "<p><a href=\"/settings/ca.crt\" id=\"ca\">Download the device's CA certificate</a> \
-for Prometheus' <code>ca_file</code> (<code>{CA_FILE}</code> below).</p>"
-        );
+    let device_ca = this
+        .device_tls
+        .as_ref()
+        .is_some_and(|d| matches!(d.serving(), Serving::Tls(ref b) if b.ca_pem.is_some()));
+    Page {
+        encrypted: v.conn.encrypted.get(),
+        auth_mode,
+        device_password: state.auth.device_password_enabled(),
+        done,
+        token,
+        csrf: v.csrf.clone(),
+        listeners,
+        device_ca,
+        host: super::host::request_host(req.headers()),
     }
+}
 
-    if let Some((l, https, server_name)) = metrics_at {
-        p.push_str(
-            "<h2>Prometheus</h2>\n<p>A job for each way in; put the secret in the file it names.</p>\n",
-        );
-        let target = format!("{}:{}", super::host::request_host(req.headers()), l.address().port());
-        let mtls = l.tls.as_ref().is_some_and(|t| t.mtls());
-        let job = |name: &str, auth: &str| {
-            let mut y = format!("scrape_configs:\n  - job_name: {name}\n");
-            if https {
-                y.push_str("    scheme: https\n    tls_config:\n");
-                if mtls {
-                    y.push_str("      ca_file: /etc/prometheus/jetkvm-metrics-ca.crt\n      cert_file: /etc/prometheus/prometheus.crt\n      key_file: /etc/prometheus/prometheus.key\n");
-                } else if l.role == Role::General {
-                    let _ = writeln!(y, "      ca_file: {CA_FILE}");
-                } else {
-                    y.push_str("      ca_file: /etc/prometheus/jetkvm-metrics-ca.crt\n");
-                }
-                if let Some(n) = &server_name {
-                    let _ = writeln!(y, "      server_name: {n}");
-                }
-            }
-            y.push_str(auth);
-            let _ = write!(y, "    static_configs:\n      - targets: [\"{target}\"]\n");
-            y
-        };
-        let mut jobs: Vec<(&str, &str, String)> = Vec::new();
-        if mtls {
-            jobs.push(("mtls", "Client certificate (mTLS)", job("jetkvm", "")));
-        } else if device.as_ref().is_some_and(|d| d.mode == AuthMode::NoPassword) {
-            jobs.push(("open", "No password (the device runs without one)", job("jetkvm", "")));
-        } else {
-            let token_auth =
-                format!("    authorization:\n      type: Bearer\n      credentials_file: {TOKEN_FILE}\n");
-            jobs.push(("token", "Metrics token", job("jetkvm", &token_auth)));
-            if password_mode && state.auth.device_password_enabled() {
-                let pw =
-                    format!("    basic_auth:\n      username: admin\n      password_file: {PASSWORD_FILE}\n");
-                jobs.push(("password", "Device password", job("jetkvm", &pw)));
-            }
-        }
-        for (id, title, yaml) in jobs {
-            let _ = write!(p, "<h3>{title}</h3>\n<pre id=\"job-{id}\">{}</pre>\n", escape(&yaml));
-            if id == "password" && !https {
-                p.push_str("<p class=\"warn\">Over plain HTTP this job sends the device password in clear on every scrape.</p>\n");
-            }
-        }
+/// One listener's TLS as a person reads it.
+async fn tls(l: &Listener) -> page::Tls {
+    let tls =
+        |description: String, https, server_name| page::Tls { description, https, server_name, mtls: false };
+    if let Some(t) = &l.tls {
+        let what = if t.mtls() { "HTTPS, client certificates required (mTLS)" } else { "HTTPS" };
+        return page::Tls { description: what.into(), https: true, server_name: None, mtls: t.mtls() };
     }
-    p.push_str("</body></html>\n");
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(p)
+    let Some(d) = &l.device_tls else {
+        return tls("plain HTTP (follow_device_tls is off)".into(), false, None);
+    };
+    match d.current().await {
+        Serving::Off => tls("plain HTTP: the device's TLS is off".into(), false, None),
+        Serving::Tls(b) => {
+            let until =
+                b.not_after.first().map(|(_, t)| crate::wording::rfc3339((*t).max(0) as u64)).unwrap_or_default();
+            let s = format!(
+                "HTTPS with the device's {} certificate for {} (valid until {until}); plain HTTP refused",
+                b.mode.label(),
+                b.hosts.join(", ")
+            );
+            tls(s, true, b.hosts.iter().find(|h| !h.contains('*')).cloned())
+        }
+        Serving::Pending(m) => tls(
+            format!(
+                "the device's TLS is {} but it has issued no certificate yet: plain HTTP refused, HTTPS not available until it does",
+                m.label()
+            ),
+            true,
+            None,
+        ),
+    }
 }

@@ -23,8 +23,8 @@ use std::time::Instant;
 
 use openssl::x509::X509;
 
-use super::{context, dns_names, short, unix_time, ByName, RETRY_FAILED};
-use crate::device::TlsMode;
+use super::context::{context, dns_names, pair, short, unix_time, ByName, RETRY_FAILED};
+use crate::device::{DeviceState, TlsMode};
 use crate::watch::Stamp;
 
 /// The device's self-signed CA, which Prometheus can use as `ca_file`.
@@ -70,6 +70,41 @@ pub struct DeviceTls {
     /// `host_names`: names served beside the default and the host name.
     names: Vec<String>,
     state: Mutex<State>,
+}
+
+/// The general listener's TLS as the device has it now. The one place that
+/// reads the device's `tls_mode` and then picks its certificate, so no
+/// caller can pair a mode with the wrong moment's files.
+pub struct Following {
+    device: Arc<DeviceState>,
+    tls: DeviceTls,
+}
+
+impl Following {
+    pub fn new(device: Arc<DeviceState>, tls: DeviceTls) -> Following {
+        Following { device, tls }
+    }
+
+    /// What to serve now: the device's state re-read if it changed, and the
+    /// certificates rebuilt if the mode or the files did.
+    pub async fn current(&self) -> Serving {
+        self.tls.current(&self.device.tls_mode().await)
+    }
+
+    /// Whether plain HTTP may be answered now: only while the device's TLS
+    /// is off (never while it is wanted and no certificate is issued yet).
+    pub async fn clear_allowed(&self) -> bool {
+        self.device.tls_mode().await == TlsMode::Off
+    }
+
+    /// What is served as of the last [`Following::current`].
+    pub fn serving(&self) -> Serving {
+        self.tls.serving()
+    }
+
+    pub fn reload_ok(&self) -> bool {
+        self.tls.reload_ok()
+    }
 }
 
 /// The names the device is known by: `jetkvm.local`, the system's host name
@@ -221,7 +256,7 @@ impl DeviceTls {
     }
 
     fn pair(&self, name: &str) -> Result<(Vec<X509>, openssl::pkey::PKey<openssl::pkey::Private>), String> {
-        super::pair("device_tls_dir", &self.pem(name, "crt"), "device_tls_dir", &self.pem(name, "key"))
+        pair(&self.pem(name, "crt"), &self.pem(name, "key")).map_err(|e| e.message)
     }
 
     fn custom(&self) -> Result<Built, String> {
@@ -245,7 +280,7 @@ impl DeviceTls {
         let names = self.leaf_names();
         if names.is_empty() {
             return Err(format!(
-                "key \"device_tls_dir\": {}: no certificate issued yet for {}",
+                "{}: no certificate issued yet for {}",
                 self.dir.display(),
                 device_names(&self.names).join(", ")
             ));
@@ -294,6 +329,6 @@ impl DeviceTls {
     }
 
     fn build_error(&self, name: &str, e: &openssl::error::ErrorStack) -> String {
-        format!("key \"device_tls_dir\": {}: {}", self.pem(name, "crt").display(), short(e))
+        format!("{}: {}", self.pem(name, "crt").display(), short(e))
     }
 }

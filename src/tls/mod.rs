@@ -18,52 +18,25 @@
 //! until they are good again: an operator who empties the CA file revokes
 //! every client. Either failure is logged and exposed.
 
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use openssl::asn1::Asn1Time;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{
-    NameType, SslAcceptor, SslContext, SslMethod, SslOptions, SslSessionCacheMode, SslVerifyMode, SslVersion,
-};
-use openssl::stack::Stack;
-use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509Name, X509};
+use openssl::ssl::SslAcceptor;
+use openssl::x509::X509;
 
-use crate::auth::{client_cert, Reason};
-use crate::config::{io_reason, MetricsService};
+use crate::config::MetricsService;
 use crate::watch::Stamp;
+use context::{certs, context, dns_names, file_error, pair, short, unix_time, Mtls, RETRY_FAILED};
 
+mod context;
 pub mod device;
 
+pub use context::{take_rejection, FileError, Role};
+
 pub use device::DeviceTls;
-
-thread_local! {
-    /// Why the last client certificate was refused on this thread. The
-    /// handshake that fails does so in the same poll in which the callback
-    /// ran, and the listener takes the reason right then.
-    static REJECTED: Cell<Option<Reason>> = const { Cell::new(None) };
-}
-
-fn reject(reason: Reason) {
-    REJECTED.with(|r| {
-        if r.get().is_none() {
-            r.set(Some(reason));
-        }
-    });
-}
-
-/// The reason the verify callback recorded, if any, and clears it.
-pub fn take_rejection() -> Option<Reason> {
-    REJECTED.with(Cell::take)
-}
-
-/// A failed rebuild is retried at most this often while files keep
-/// looking new.
-const RETRY_FAILED: Duration = Duration::from_secs(1);
 
 /// Everything one build produced.
 pub struct Built {
@@ -98,7 +71,7 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// Builds the acceptor, or says which file is wrong and how.
-    pub fn new(config: &MetricsService) -> Result<Acceptor, String> {
+    pub fn new(config: &MetricsService) -> Result<Acceptor, FileError> {
         let stamp = Stamp::of(files(config));
         let cas = load_cas(config)?;
         let pairs = load_pairs(config)?;
@@ -190,184 +163,29 @@ fn files(c: &MetricsService) -> impl Iterator<Item = &Path> {
         .chain(c.ca_certs.iter().map(PathBuf::as_path))
 }
 
-fn read(key: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("key \"{key}\": {}: {}", path.display(), io_reason(&e)))
-}
-
-fn certs(key: &str, path: &Path) -> Result<Vec<X509>, String> {
-    let pem = read(key, path)?;
-    match X509::stack_from_pem(&pem) {
-        Ok(v) if !v.is_empty() => Ok(v),
-        Ok(_) => Err(format!("key \"{key}\": {}: no PEM certificate in file", path.display())),
-        Err(e) => Err(format!("key \"{key}\": {}: not a PEM certificate: {}", path.display(), short(&e))),
-    }
-}
-
-fn private_key(key: &str, path: &Path) -> Result<PKey<Private>, String> {
-    let pem = read(key, path)?;
-    PKey::private_key_from_pem(&pem)
-        .map_err(|e| format!("key \"{key}\": {}: not a PEM private key: {}", path.display(), short(&e)))
-}
-
-/// A certificate chain and its key (`cert_key` and `key_key` name them in
-/// errors), the key checked against the chain's first certificate.
-fn pair(
-    cert_key: &str,
-    cert: &Path,
-    key_key: &str,
-    key: &Path,
-) -> Result<(Vec<X509>, PKey<Private>), String> {
-    let chain = certs(cert_key, cert)?;
-    let pkey = private_key(key_key, key)?;
-    if !chain[0].public_key().map(|p| p.public_eq(&pkey)).unwrap_or(false) {
-        return Err(format!(
-            "key \"{key_key}\": {}: does not match certificate {}",
-            key.display(),
-            cert.display()
-        ));
-    }
-    Ok((chain, pkey))
-}
-
-/// OpenSSL's error stack in one short line. Its string tables are not
-/// loaded (see `crypto::init`), so the code stands in when there is no text.
-fn short(e: &openssl::error::ErrorStack) -> String {
-    match e.errors().first() {
-        Some(x) => x.reason().map(str::to_owned).unwrap_or_else(|| format!("OpenSSL error {:#x}", x.code())),
-        None => "unknown error".into(),
-    }
-}
-
-fn unix_time(t: &openssl::asn1::Asn1TimeRef) -> i64 {
-    match Asn1Time::from_unix(0).and_then(|epoch| epoch.diff(t)) {
-        Ok(d) => d.days as i64 * 86_400 + d.secs as i64,
-        Err(_) => 0,
-    }
-}
-
-/// DNS names a certificate serves, for SNI.
-fn dns_names(cert: &X509) -> Vec<String> {
-    let mut names = client_cert::sans(cert);
-    names.retain(|n| n.parse::<std::net::IpAddr>().is_err());
-    names
-}
-
-fn name_matches(pattern: &str, host: &str) -> bool {
-    if let Some(suffix) = pattern.strip_prefix("*.") {
-        host.split_once('.').is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(suffix))
-    } else {
-        pattern.eq_ignore_ascii_case(host)
-    }
-}
-
-/// Client certificates a context requires: verified against `cas`, with
-/// one of `allowed` SANs if that is not empty.
-struct Mtls<'a> {
-    cas: &'a [X509],
-    allowed: &'a [String],
-}
-
-/// Contexts chosen by SNI: the names each serves.
-type ByName = Vec<(Vec<String>, SslContext)>;
-
-fn context(
-    chain: &[X509],
-    key: &PKey<Private>,
-    mtls: Option<Mtls<'_>>,
-    sni: Option<ByName>,
-) -> Result<SslAcceptor, openssl::error::ErrorStack> {
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
-    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
-    // SSL_OP_CLEANSE_PLAINTEXT (OpenSSL 3; the openssl crate has no name
-    // for it): decrypted records are wiped once read, not left in the
-    // record buffer until the next one overwrites them.
-    const CLEANSE_PLAINTEXT: SslOptions = SslOptions::from_bits_retain(1 << 1);
-    b.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE | CLEANSE_PLAINTEXT);
-    if mtls.is_some() {
-        // No resumption: every connection verifies a certificate against
-        // the CAs of now. The context id is set as OpenSSL requires when
-        // peers are verified, and no ticket or cached session is made.
-        b.set_session_id_context(b"jetkvm-metrics mtls")?;
-        b.set_session_cache_mode(SslSessionCacheMode::OFF);
-        b.set_options(SslOptions::NO_TICKET);
-        b.set_num_tickets(0)?;
-    }
-    b.set_certificate(&chain[0])?;
-    for extra in &chain[1..] {
-        b.add_extra_chain_cert(extra.clone())?;
-    }
-    b.set_private_key(key)?;
-    b.check_private_key()?;
-    if let Some(Mtls { cas, allowed }) = mtls {
-        let mut store = X509StoreBuilder::new()?;
-        let mut names = Stack::<X509Name>::new()?;
-        for ca in cas {
-            store.add_cert(ca.clone())?;
-            names.push(ca.subject_name().to_owned()?)?;
-        }
-        b.set_verify_cert_store(store.build())?;
-        b.set_client_ca_list(names);
-        let allowed = allowed.to_vec();
-        b.set_verify_callback(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT, move |ok, ctx| {
-            if !ok {
-                reject(Reason::ClientCertInvalid);
-                return false;
-            }
-            if ctx.error_depth() == 0 {
-                if let Some(cert) = ctx.current_cert() {
-                    if !client_cert::allowed(cert, &allowed) {
-                        reject(Reason::ClientCertNotAllowed);
-                        return false;
-                    }
-                }
-            }
-            true
-        });
-    }
-    if let Some(by_name) = sni {
-        b.set_servername_callback(move |ssl, _alert| {
-            if let Some(host) = ssl.servername(NameType::HOST_NAME).map(str::to_owned) {
-                if let Some((_, ctx)) =
-                    by_name.iter().find(|(names, _)| names.iter().any(|n| name_matches(n, &host)))
-                {
-                    ssl.set_ssl_context(ctx).map_err(|_| openssl::ssl::SniError::ALERT_FATAL)?;
-                }
-            }
-            Ok(())
-        });
-    }
-    Ok(b.build())
-}
-
 /// Every CA in `ca_certs`; an error if any file is missing, unreadable,
 /// empty or not PEM.
-fn load_cas(c: &MetricsService) -> Result<Vec<X509>, String> {
+fn load_cas(c: &MetricsService) -> Result<Vec<X509>, FileError> {
     let mut cas = Vec::new();
     for f in &c.ca_certs {
-        cas.extend(certs("metrics_service.ca_certs", f)?);
+        cas.extend(certs(Role::Ca, f)?);
     }
     Ok(cas)
 }
 
 /// Every keypair, each key checked against its certificate.
-fn load_pairs(c: &MetricsService) -> Result<Vec<Pair>, String> {
+fn load_pairs(c: &MetricsService) -> Result<Vec<Pair>, FileError> {
     let mut pairs = Vec::new();
     for kp in &c.keypairs {
-        let (chain, key) = pair(
-            "metrics_service.keypairs.cert_file",
-            &kp.cert_file,
-            "metrics_service.keypairs.key_file",
-            &kp.key_file,
-        )?;
+        let (chain, key) = pair(&kp.cert_file, &kp.key_file)?;
         pairs.push(Pair { cert_file: kp.cert_file.clone(), chain, key });
     }
     Ok(pairs)
 }
 
-fn build(c: &MetricsService, pairs: &[Pair], cas: &[X509]) -> Result<Built, String> {
-    let err = |p: &Pair, e: openssl::error::ErrorStack| {
-        format!("key \"metrics_service.keypairs\": {}: {}", p.cert_file.display(), short(&e))
-    };
+fn build(c: &MetricsService, pairs: &[Pair], cas: &[X509]) -> Result<Built, FileError> {
+    let err =
+        |p: &Pair, e: openssl::error::ErrorStack| file_error(Role::Certificate, &p.cert_file, short(&e));
     // Every keypair but the first gets its own context for SNI; the first
     // is the default and holds the SNI callback.
     let mtls = || c.mtls.then_some(Mtls { cas, allowed: &c.client_allowed_sans });
@@ -376,20 +194,10 @@ fn build(c: &MetricsService, pairs: &[Pair], cas: &[X509]) -> Result<Built, Stri
         let ctx = context(&p.chain, &p.key, mtls(), None).map_err(|e| err(p, e))?.into_context();
         by_name.push((dns_names(&p.chain[0]), ctx));
     }
-    let first = pairs.first().ok_or("key \"metrics_service.keypairs\": no keypair")?;
+    let first =
+        pairs.first().ok_or_else(|| FileError { role: Role::Certificate, message: "no keypair".into() })?;
     let sni = (!by_name.is_empty()).then_some(by_name);
     let acceptor = context(&first.chain, &first.key, mtls(), sni).map_err(|e| err(first, e))?;
     let not_after = pairs.iter().map(|p| (p.cert_file.clone(), unix_time(p.chain[0].not_after()))).collect();
     Ok(Built { acceptor, not_after })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn wildcards() {
-        assert!(super::name_matches("*.lan", "jetkvm.lan"));
-        assert!(!super::name_matches("*.lan", "a.b.lan"));
-        assert!(!super::name_matches("*.lan", "lan"));
-        assert!(super::name_matches("JetKVM.lan", "jetkvm.LAN"));
-    }
 }

@@ -20,7 +20,6 @@ On failure the board's console log is copied to out/artifacts/.
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -34,7 +33,7 @@ import urllib.request
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lib import (  # noqa: E402  (next to this file)
-    RESULTS, ROOT, Board, Prometheus, basic, check, device_certificates, device_hash, failed, free_port,
+    ROOT, Board, Prometheus, basic, check, device_certificates, device_hash, finish, free_port,
     http_status, https_status, run_phases, until,
 )
 
@@ -326,20 +325,8 @@ def main():
             os.kill(board.qemu_pid(), 9)
         except (OSError, ValueError):
             pass
-        if failed():
-            os.makedirs(f"{ROOT}/out/artifacts", exist_ok=True)
-            for name in ("console.log", "qemu.log"):
-                if os.path.exists(f"{board.state}/{name}"):
-                    shutil.copy(f"{board.state}/{name}", f"{ROOT}/out/artifacts/board-{name}")
-            if os.path.exists(f"{work}/prometheus.log"):
-                shutil.copy(f"{work}/prometheus.log", f"{ROOT}/out/artifacts/prometheus.log")
-            print(f"artifacts: {ROOT}/out/artifacts/", flush=True)
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
     print(f"e2e run took {time.monotonic() - t0:.0f}s", flush=True)
-    passed = sum(1 for _, ok in RESULTS if ok)
-    print(f"e2e: {passed} passed, {len(RESULTS) - passed} failed")
-    return 1 if failed() else 0
+    return finish("board", board, work, keep, extra=[f"{work}/prometheus.log"])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -51,6 +52,24 @@ def run_phases(phases, ctx):
             return False
         print(f"--- {name}: {time.monotonic() - started:.0f}s", flush=True)
     return True
+
+
+def finish(name, board, work, keep, extra=()):
+    """The end of an end-to-end run: on failure the board's console and
+    QEMU logs (and `extra` files) kept under out/artifacts/, prefixed with
+    `name`; the work directory removed unless `keep`; one summary line.
+    Returns the exit code."""
+    if failed():
+        os.makedirs(f"{ROOT}/out/artifacts", exist_ok=True)
+        logs = [f"{board.state}/console.log", f"{board.state}/qemu.log", *extra]
+        for path in filter(os.path.exists, logs):
+            shutil.copy(path, f"{ROOT}/out/artifacts/{name}-{os.path.basename(path)}")
+        print(f"artifacts: {ROOT}/out/artifacts/", flush=True)
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    passed = sum(1 for _, ok in RESULTS if ok)
+    print(f"{name}: {passed} passed, {len(RESULTS) - passed} failed")
+    return 1 if failed() else 0
 
 
 def until(what, fn, timeout):
@@ -115,6 +134,24 @@ def device_hash(password):
     h = subprocess.run(["mkpasswd", "-m", "bcrypt", "-R", "10", "--stdin"], input=password,
                        capture_output=True, text=True, check=True)
     return "$2a$" + h.stdout.strip()[len("$2b$"):]
+
+
+def bound_addr(ports_file, proc, role="general", timeout=20):
+    """(host, port) a daemon started with `serve --ports-file` listens on for
+    `role`, once it has written the file; None if it exits or time runs out."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            with open(ports_file) as f:
+                for line in f.read().splitlines():
+                    name, _, addr = line.partition(" ")
+                    if name == role:
+                        host, _, port = addr.rpartition(":")
+                        return host.strip("[]"), int(port)
+                return None
+        except FileNotFoundError:
+            time.sleep(0.05)
+    return None
 
 
 def rss_kib(pid):

@@ -50,6 +50,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import types
 import urllib.request
 import zlib
 
@@ -515,254 +516,308 @@ def refusal_checks(board, hostile, older):
     return round(time.monotonic() - started, 1)
 
 
-def main():
-    keep = "--keep" in sys.argv
-    work = tempfile.mkdtemp(prefix="jetkvm-ota-")
-    releases = f"{work}/releases"
-    board = AbBoard(f"{work}/board", free_port(), free_port())
-    prom = server = None
-    failed = False
-    figures = {}
-    base = cargo_version()
-    n, n1, n2, n3 = (f"{base}-ota.{i}" for i in (1, 2, 3, 4))
-    try:
-        t0 = time.monotonic()
-        key, other = f"{work}/key.asc", f"{work}/other.asc"
-        build = f"{ROOT}/scripts/build-ota"
-        run(build, "--new-key", key)
-        run(build, "--new-key", other)
-        run(build, "--out", f"{releases}/{n}", "--version", n, "--key", key)
-        derive(releases, n, n1, key)
-        derive(releases, n, n2, key)
+def build_releases(c):
+    """Release N and its successors (N+3 broken on purpose), with two keys."""
+    work, releases, figures = c.work, c.releases, c.figures
+    n, n1, n2, n3 = c.versions
+    t0 = c.t0
+    key, other = f"{work}/key.asc", f"{work}/other.asc"
+    build = f"{ROOT}/scripts/build-ota"
+    run(build, "--new-key", key)
+    run(build, "--new-key", other)
+    run(build, "--out", f"{releases}/{n}", "--version", n, "--key", key)
+    derive(releases, n, n1, key)
+    derive(releases, n, n2, key)
 
-        def broken(img):
-            # N+3: a daemon that cannot start, and shorter waits for it in
-            # this release only (each of its 7 tries waits that long): the
-            # init script's for a listening daemon, the confirm window.
-            with open(f"{work}/broken-daemon", "w") as f:
-                f.write("#!/bin/sh\necho 'jetkvm-metrics: cannot start: this build is broken on purpose' >&2\nexit 1\n")
-            with open(f"{work}/ota-default", "w") as f:
-                f.write(f"CONFIRM_TIMEOUT={BROKEN_CONFIRM_TIMEOUT}\n")
-            with open(f"{work}/metrics-default", "w") as f:
-                f.write("START_TIMEOUT=2\n")
-            for cmd in ("rm /usr/bin/jetkvm-metrics", f"write {work}/broken-daemon /usr/bin/jetkvm-metrics",
-                        "sif /usr/bin/jetkvm-metrics mode 0100755", "rm /etc/default/jetkvm-ota",
-                        f"write {work}/ota-default /etc/default/jetkvm-ota",
-                        f"write {work}/metrics-default /etc/default/jetkvm-metrics"):
-                run("debugfs", "-w", "-R", cmd, img)
-        derive(releases, n, n3, key, broken)
-        figures["system_tar_bytes"] = os.path.getsize(f"{releases}/{n1}/system.tar")
-        figures["releases_built_seconds"] = round(time.monotonic() - t0)
-        print(f"releases built in {figures['releases_built_seconds']}s; system.tar {figures['system_tar_bytes']} bytes", flush=True)
-        with open(f"{releases}/{n1}/system.tar.sha256") as f:
-            check("build-ota: system.tar.sha256 is the tar's SHA-256", f.read().strip() == sha256(f"{releases}/{n1}/system.tar"))
-        with open(f"{releases}/{n1}/release.json") as f:
-            text = f.read()
-        rel = json.loads(text)
-        check("build-ota: release.json names version, tar, hash, size, signature and expiry",
-              rel["systemVersion"] == n1 and rel["systemUrl"] == "system.tar" and rel["systemSigUrl"] == "system.tar.sig"
-              and rel["systemHash"] == sha256(f"{releases}/{n1}/system.tar")
-              and rel["systemSize"] == figures["system_tar_bytes"]
-              and time.time() + 29 * 86400 < time.mktime(time.strptime(rel["expires"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-              and not any(k.startswith("app") for k in rel), text)
-        check("build-ota: release.json in the one shape the device reads (as this test writes it)",
-              text == json.dumps(rel, indent=2) + "\n", text)
-        gpg_home = tempfile.mkdtemp(dir=work)
-        run(f"{ROOT}/board/jetkvm/ota-key.sh", "public", key, f"{work}/key.gpg")
-        run("gpgv", "--homedir", gpg_home, "--keyring", f"{work}/key.gpg",
-            f"{releases}/{n1}/release.json.sig", f"{releases}/{n1}/release.json")
-        check("build-ota: release.json.sig verifies against the release key", True)
-        check("build-ota: tar holds boot.img and system.img at the top level",
-              sorted(run("tar", "-tf", f"{releases}/{n1}/system.tar").stdout.split()) == ["boot.img", "system.img"])
+    def broken(img):
+        # N+3: a daemon that cannot start, and shorter waits for it in
+        # this release only (each of its 7 tries waits that long): the
+        # init script's for a listening daemon, the confirm window.
+        with open(f"{work}/broken-daemon", "w") as f:
+            f.write("#!/bin/sh\necho 'jetkvm-metrics: cannot start: this build is broken on purpose' >&2\nexit 1\n")
+        with open(f"{work}/ota-default", "w") as f:
+            f.write(f"CONFIRM_TIMEOUT={BROKEN_CONFIRM_TIMEOUT}\n")
+        with open(f"{work}/metrics-default", "w") as f:
+            f.write("START_TIMEOUT=2\n")
+        for cmd in ("rm /usr/bin/jetkvm-metrics", f"write {work}/broken-daemon /usr/bin/jetkvm-metrics",
+                    "sif /usr/bin/jetkvm-metrics mode 0100755", "rm /etc/default/jetkvm-ota",
+                    f"write {work}/ota-default /etc/default/jetkvm-ota",
+                    f"write {work}/metrics-default /etc/default/jetkvm-metrics"):
+            run("debugfs", "-w", "-R", cmd, img)
+    derive(releases, n, n3, key, broken)
+    figures["system_tar_bytes"] = os.path.getsize(f"{releases}/{n1}/system.tar")
+    figures["releases_built_seconds"] = round(time.monotonic() - t0)
+    print(f"releases built in {figures['releases_built_seconds']}s; system.tar {figures['system_tar_bytes']} bytes", flush=True)
+    c.key, c.other = key, other
 
-        ab_flow_checks(work, f"{releases}/{n}/images/boot.img")
-        semver_checks(work, f"{releases}/{n}/images/system.img")
-        hostile = hostile_releases(releases, n2, key, other)
 
-        port = free_port()
-        server = serve(releases, port)
+def release_checks(c):
+    """What build-ota wrote, the bootloader's A/B flow, versions, and the
+    hostile releases the board is offered later."""
+    work, releases, figures = c.work, c.releases, c.figures
+    n, n1, n2, n3 = c.versions
+    key, other = c.key, c.other
+    with open(f"{releases}/{n1}/system.tar.sha256") as f:
+        check("build-ota: system.tar.sha256 is the tar's SHA-256", f.read().strip() == sha256(f"{releases}/{n1}/system.tar"))
+    with open(f"{releases}/{n1}/release.json") as f:
+        text = f.read()
+    rel = json.loads(text)
+    check("build-ota: release.json names version, tar, hash, size, signature and expiry",
+          rel["systemVersion"] == n1 and rel["systemUrl"] == "system.tar" and rel["systemSigUrl"] == "system.tar.sig"
+          and rel["systemHash"] == sha256(f"{releases}/{n1}/system.tar")
+          and rel["systemSize"] == figures["system_tar_bytes"]
+          and time.time() + 29 * 86400 < time.mktime(time.strptime(rel["expires"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+          and not any(k.startswith("app") for k in rel), text)
+    check("build-ota: release.json in the one shape the device reads (as this test writes it)",
+          text == json.dumps(rel, indent=2) + "\n", text)
+    gpg_home = tempfile.mkdtemp(dir=work)
+    run(f"{ROOT}/board/jetkvm/ota-key.sh", "public", key, f"{work}/key.gpg")
+    run("gpgv", "--homedir", gpg_home, "--keyring", f"{work}/key.gpg",
+        f"{releases}/{n1}/release.json.sig", f"{releases}/{n1}/release.json")
+    check("build-ota: release.json.sig verifies against the release key", True)
+    check("build-ota: tar holds boot.img and system.img at the top level",
+          sorted(run("tar", "-tf", f"{releases}/{n1}/system.tar").stdout.split()) == ["boot.img", "system.img"])
 
-        # N in slot a, scraped by Prometheus.
-        subprocess.run(
-            [f"{ROOT}/scripts/boot-board", "--ab", "--detach", "--images", f"{releases}/{n}/images",
-             "--state", board.state, "--http-port", str(board.http), "--metrics-port", str(board.metrics),
-             "--node-port", str(free_port()), "--update-port", str(port)],
-            check=True, stdout=subprocess.DEVNULL,
-        )
-        check("board: slot a confirmed at first boot", "running slot: a" in board.status() and "slot a: priority 15 tries 0 successful 1" in board.status())
-        token = board.sh("jetkvm-metrics token new --config /etc/jetkvm-metrics/config.toml 2>/dev/null").strip()
-        with open(f"{board.state}/secrets/token", "w") as f:
-            f.write(token)
-        s = f"{board.state}/secrets"
-        # The device's self-signed TLS, turned on during the confirm checks.
-        certs = e2e.device_certificates(work)
-        prom = e2e.Prometheus(work, free_port(), board, extra_jobs=f"""
+    ab_flow_checks(work, f"{releases}/{n}/images/boot.img")
+    semver_checks(work, f"{releases}/{n}/images/system.img")
+    hostile = hostile_releases(releases, n2, key, other)
+    c.hostile = hostile
+
+
+def first_boot(c):
+    """N in slot a, confirmed at first boot, scraped by Prometheus."""
+    work, releases, board = c.work, c.releases, c.board
+    n, n1, n2, n3 = c.versions
+    port = free_port()
+    server = serve(releases, port)
+
+    # N in slot a, scraped by Prometheus.
+    subprocess.run(
+        [f"{ROOT}/scripts/boot-board", "--ab", "--detach", "--images", f"{releases}/{n}/images",
+         "--state", board.state, "--http-port", str(board.http), "--metrics-port", str(board.metrics),
+         "--node-port", str(free_port()), "--update-port", str(port)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    check("board: slot a confirmed at first boot", "running slot: a" in board.status() and "slot a: priority 15 tries 0 successful 1" in board.status())
+    token = board.sh("jetkvm-metrics token new --config /etc/jetkvm-metrics/config.toml 2>/dev/null").strip()
+    with open(f"{board.state}/secrets/token", "w") as f:
+        f.write(token)
+    s = f"{board.state}/secrets"
+    # The device's self-signed TLS, turned on during the confirm checks.
+    certs = e2e.device_certificates(work)
+    prom = e2e.Prometheus(work, free_port(), board, extra_jobs=f"""
   - job_name: token_tls
     scheme: https
     authorization: {{type: Bearer, credentials_file: {s}/token}}
     tls_config: {{ca_file: {work}/__ca__.crt, server_name: jetkvm.local}}
     static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
 """)
-        until("Prometheus scraping the board with the new token", lambda: prom.up("token") == 1, 90)
-        check("prometheus: the board reports version N", until("version N", lambda: version_from(prom) == n, 30))
+    until("Prometheus scraping the board with the new token", lambda: prom.up("token") == 1, 90)
+    check("prometheus: the board reports version N", until("version N", lambda: version_from(prom) == n, 30))
+    c.server, c.port, c.token, c.certs, c.prom = server, port, token, certs, prom
 
-        # 1. The confirm step in every configuration.
-        t = time.monotonic()
-        confirm_checks(board, work, certs, token)
-        figures["confirm_checks_seconds"] = round(time.monotonic() - t, 1)
-        config_sum = board.sh("sha256sum /userdata/jetkvm/metrics/config.toml").split()[0]
-        until("Prometheus over the device's TLS", lambda: prom.up("token_tls") == 1, 60)
-        check("prometheus: /userdata config in use (/run is collected)",
-              until("config", lambda: prom.value('jetkvm_filesystem_size_bytes{job="token_tls",mountpoint="/run"}') is not None, 30))
 
-        # 2. The update to N+1 with the device's TLS on.
-        booted = len(board.bootloader_lines())
-        started = time.monotonic()
-        board.install(f"{URL}/{n1}/release.json")
+def confirm_everywhere(c):
+    """The confirm step in every configuration."""
+    work, board, figures = c.work, c.board, c.figures
+    prom, certs, token = c.prom, c.certs, c.token
+    t = time.monotonic()
+    confirm_checks(board, work, certs, token)
+    figures["confirm_checks_seconds"] = round(time.monotonic() - t, 1)
+    config_sum = board.sh("sha256sum /userdata/jetkvm/metrics/config.toml").split()[0]
+    until("Prometheus over the device's TLS", lambda: prom.up("token_tls") == 1, 60)
+    check("prometheus: /userdata config in use (/run is collected)",
+          until("config", lambda: prom.value('jetkvm_filesystem_size_bytes{job="token_tls",mountpoint="/run"}') is not None, 30))
+    c.config_sum = config_sum
 
-        # The bootloader prints its choice of slot just after the reboot line.
-        def slot_chosen_after_reboot():
-            lines = board.bootloader_lines()[booted:]
-            reboot = "ab-bootloader: the board rebooted"
-            return reboot in lines and any("A/B slot _" in ln for ln in lines[lines.index(reboot) + 1:])
-        until("the board rebooting and choosing a slot", slot_chosen_after_reboot, 300)
-        rebooted = time.monotonic()
-        figures["apply_seconds"] = round(rebooted - started, 1)
+
+def update_with_tls(c):
+    """The update to N+1 with the device's TLS on."""
+    work, board, figures = c.work, c.board, c.figures
+    n, n1, n2, n3 = c.versions
+    prom, token, config_sum = c.prom, c.token, c.config_sum
+    booted = len(board.bootloader_lines())
+    started = time.monotonic()
+    board.install(f"{URL}/{n1}/release.json")
+
+    # The bootloader prints its choice of slot just after the reboot line.
+    def slot_chosen_after_reboot():
         lines = board.bootloader_lines()[booted:]
-        check("board: reboots into slot b with 7 tries, one used", any("A/B slot _b: priority 15, successful 0, tries remaining 6" in ln for ln in lines), str(lines))
-        tok = {"Authorization": f"Bearer {token}"}
-        until("first scrape of N+1 over HTTPS", lambda: e2e.https_status(board.http, "/metrics", tok, f"{work}/__ca__.crt", "jetkvm.local") == 200, UP_BOUND)
-        figures["reboot_to_first_scrape_seconds"] = round(time.monotonic() - rebooted, 1)
-        until("Prometheus reporting N+1", lambda: version_from(prom) == n1, UP_BOUND)
-        figures["reboot_to_prometheus_up_seconds"] = round(time.monotonic() - rebooted, 1)
-        check(f"prometheus: up again over the device's TLS with version N+1 within {UP_BOUND}s of the reboot",
-              figures["reboot_to_prometheus_up_seconds"] <= UP_BOUND and prom.up("token_tls") == 1, str(figures["reboot_to_prometheus_up_seconds"]))
-        status = until("slot b confirmed", lambda: "slot b: priority 15 tries 0 successful 1" in (st := board.status()) and st, 60)
-        check("board: running slot b, confirmed; slot a kept as fallback (priority 14)",
-              "running slot: b" in status and "slot a: priority 14 tries 0 successful 1" in status, status)
-        check("board: token survived the update", "token set since" in board.sh("jetkvm-metrics token status --config /etc/jetkvm-metrics/config.toml"))
-        check("board: /userdata config survived the update", board.sh("sha256sum /userdata/jetkvm/metrics/config.toml").split()[0] == config_sum)
-        log = board.ota_log()
-        check("board: slot b confirmed by the probe over the device's TLS, after read-back",
-              "read back identical" in log and re.search(rf"slot b \({re.escape(n1)}\) confirmed after \d+s: listen_addr 10\.0\.2\.15:3080 "
-                                                         r"\(https, device TLS self-signed\) answered", log), log)
+        reboot = "ab-bootloader: the board rebooted"
+        return reboot in lines and any("A/B slot _" in ln for ln in lines[lines.index(reboot) + 1:])
+    until("the board rebooting and choosing a slot", slot_chosen_after_reboot, 300)
+    rebooted = time.monotonic()
+    figures["apply_seconds"] = round(rebooted - started, 1)
+    lines = board.bootloader_lines()[booted:]
+    check("board: reboots into slot b with 7 tries, one used", any("A/B slot _b: priority 15, successful 0, tries remaining 6" in ln for ln in lines), str(lines))
+    tok = {"Authorization": f"Bearer {token}"}
+    until("first scrape of N+1 over HTTPS", lambda: e2e.https_status(board.http, "/metrics", tok, f"{work}/__ca__.crt", "jetkvm.local") == 200, UP_BOUND)
+    figures["reboot_to_first_scrape_seconds"] = round(time.monotonic() - rebooted, 1)
+    until("Prometheus reporting N+1", lambda: version_from(prom) == n1, UP_BOUND)
+    figures["reboot_to_prometheus_up_seconds"] = round(time.monotonic() - rebooted, 1)
+    check(f"prometheus: up again over the device's TLS with version N+1 within {UP_BOUND}s of the reboot",
+          figures["reboot_to_prometheus_up_seconds"] <= UP_BOUND and prom.up("token_tls") == 1, str(figures["reboot_to_prometheus_up_seconds"]))
+    status = until("slot b confirmed", lambda: "slot b: priority 15 tries 0 successful 1" in (st := board.status()) and st, 60)
+    check("board: running slot b, confirmed; slot a kept as fallback (priority 14)",
+          "running slot: b" in status and "slot a: priority 14 tries 0 successful 1" in status, status)
+    check("board: token survived the update", "token set since" in board.sh("jetkvm-metrics token status --config /etc/jetkvm-metrics/config.toml"))
+    check("board: /userdata config survived the update", board.sh("sha256sum /userdata/jetkvm/metrics/config.toml").split()[0] == config_sum)
+    log = board.ota_log()
+    check("board: slot b confirmed by the probe over the device's TLS, after read-back",
+          "read back identical" in log and re.search(rf"slot b \({re.escape(n1)}\) confirmed after \d+s: listen_addr 10\.0\.2\.15:3080 "
+                                                     r"\(https, device TLS self-signed\) answered", log), log)
+    c.tok = tok
 
-        # 3. Refusals.
-        figures["refusals_seconds"] = refusal_checks(board, hostile, n)
 
-        # 4. No-password mode; the power is cut while N+2 is being written.
-        board.write("/userdata/kvm_config.json", device_config("noPassword"))
-        until("plain HTTP job up in no-password mode", lambda: prom.up("token") == 1, 60)
-        # A watcher on the board says when the first image (boot.img) is
-        # being written; the power is cut then (QEMU killed), so the slot
-        # holds at most part of the release. (ash runs BusyBox's dd in a
-        # forked shell, whose cmdline stays the shell's: the process is
-        # found by its name and its open file.)
-        board.sh("(while :; do f=0; for p in /proc/[0-9]*; do read -r c < $p/comm || continue; [ \"$c\" = dd ] || continue;"
-                 " ls -l $p/fd | grep -q 'ota_save/boot[.]img' && f=1; done 2>/dev/null; [ $f = 1 ] && break;"
-                 " usleep 50000; done; echo POWER-CUT-NOW >/dev/console) >/dev/null 2>&1 & true")
-        cut = len(board.console())
-        board.install(f"{URL}/{n2}/release.json")
-        until("N+2 being written", lambda: "POWER-CUT-NOW" in board.console()[cut:], 300)
-        board.cut_power()
-        disk = f"{board.state}/disk.img"
-        record = json.loads(run(f"{ROOT}/scripts/ab-bootloader", "show", disk).stdout)
-        check("power cut: the slot being written is unbootable on the disk",
-              record["a"] == {"priority": 0, "tries": 0, "successful": 0}
-              and record["b"] == {"priority": 15, "tries": 0, "successful": 1}, str(record))
-        parts = {p["name"]: p for p in json.loads(run("sfdisk", "--json", disk).stdout)["partitiontable"]["partitions"]}
-        size = os.path.getsize(f"{releases}/{n2}/images/system.img")
-        with open(disk, "rb") as f:
-            f.seek(parts["system_a"]["start"] * 512)
-            written = hashlib.sha256(f.read(size)).hexdigest()
-        check("power cut: system_a does not hold N+2's image (the write was cut)", written != sha256(f"{releases}/{n2}/images/system.img"))
-        booted = len(board.bootloader_lines())
-        subprocess.run(
-            [f"{ROOT}/scripts/boot-board", "--ab", "--keep-disk", "--detach", "--images", f"{releases}/{n}/images",
-             "--state", board.state, "--http-port", str(board.http), "--metrics-port", str(board.metrics),
-             "--node-port", str(free_port()), "--update-port", str(port)],
-            check=True, stdout=subprocess.DEVNULL,
-        )
-        lines = board.bootloader_lines()[booted:]
-        check("power cut: the same disk boots the old slot b", any("A/B slot _b: priority 15, successful 1" in ln for ln in lines), str(lines))
-        status = until("confirm step done", lambda: "cut off while writing" in board.ota_log() and board.status(), 60)
-        check("power cut: slot b confirmed, slot a unbootable",
-              "running slot: b" in status and "slot b: priority 15 tries 0 successful 1" in status
-              and "slot a: priority 0 tries 0 successful 0" in status, status)
-        check("power cut: the log says the update was cut off, and the download is gone",
-              "an update was cut off while writing (slot=a" in board.ota_log()
-              and board.sh("ls /userdata/jetkvm/ota_save /userdata/jetkvm/ota_work 2>/dev/null | wc -l").strip() == "0")
-        until("Prometheus reporting N+1 again", lambda: version_from(prom) == n1, UP_BOUND)
+def refusals(c):
+    """Releases and requests the updater refuses."""
+    n, n1, n2, n3 = c.versions
+    figures = c.figures
+    figures["refusals_seconds"] = refusal_checks(c.board, c.hostile, n)
 
-        booted = len(board.bootloader_lines())
-        board.install(f"{URL}/{n2}/release.json")
-        until("N+2 booting", lambda: any("A/B slot _a: priority 15, successful 0, tries remaining 6" in ln
-                                        for ln in board.bootloader_lines()[booted:]), 300)
-        until("Prometheus reporting N+2", lambda: version_from(prom) == n2, UP_BOUND)
-        status = until("slot a confirmed", lambda: "slot a: priority 15 tries 0 successful 1" in (st := board.status()) and st, 60)
-        check("no-password mode: N+2 installed cleanly after the power cut and confirmed", "running slot: a" in status, status)
-        check("no-password mode: confirmed by the probe without a credential",
-              re.search(rf"slot a \({re.escape(n2)}\) confirmed after \d+s: listen_addr 10\.0\.2\.15:3080 \(http\)", board.ota_log()), board.ota_log())
 
-        # 5. N+3, applied from a directory anyone can write; swapped there
-        # once copied. The daemon cannot start: rolled back to N+2.
-        board.sh("mkdir -m 1777 /tmp/pub && cd /tmp/pub && for f in system.tar system.tar.sha256 system.tar.sig; do"
-                 f" wget -q -O $f {URL}/{n3}/$f; done && chmod 666 /tmp/pub/*", timeout=120)
-        booted = len(board.bootloader_lines())
-        board.sh("start-stop-daemon --start --background --exec /usr/sbin/jetkvm-ota -- apply /tmp/pub/system.tar")
-        until("the tar copied to the private work directory", lambda: "copied /tmp/pub/system.tar" in board.ota_log(), 120)
-        board.sh("head -c 1048576 /dev/urandom > /tmp/pub/system.tar")
-        until("the first boot of N+3", lambda: any("A/B slot _b" in ln for ln in board.bootloader_lines()[booted:]), 300)
-        first = time.monotonic()
-        until("back on slot a", lambda: any("A/B slot _a" in ln for ln in board.bootloader_lines()[booted:]), ROLLBACK_BOUND)
-        until("N+2 serving again", lambda: e2e.http_status(f"http://127.0.0.1:{board.http}/metrics", tok) == 200, UP_BOUND)
-        figures["rollback_seconds"] = round(time.monotonic() - first, 1)
-        lines = board.bootloader_lines()[booted:]
-        tries = [ln for ln in lines if "A/B slot _b" in ln]
-        check("bootloader: N+3 (the verified copy, not the swapped file) tried 7 times, then slot a again",
-              len(tries) == 7 and "tries remaining 0" in tries[-1] and not any("no readable boot.img" in ln for ln in lines), "\n".join(lines))
-        until("Prometheus reporting N+2 again", lambda: version_from(prom) == n2, UP_BOUND)
-        status = board.status()
-        check("board: slot b unbootable, slot a still confirmed",
-              "slot b: priority 0 tries 0 successful 0" in status and "slot a: priority 14 tries 0 successful 1" in status, status)
-        log = until("rollback logged", lambda: "rolled back" in (t := board.ota_log()) and t, 30)
-        check("board: update log says N+3 was never confirmed, and why",
-              log.count(f"slot b ({n3}) not confirmed: the metrics daemon did not serve within {BROKEN_CONFIRM_TIMEOUT}s") == 7
-              and "cannot start: this build is broken on purpose" in log
-              and "rolled back: slot b was never confirmed" in log, log)
+def power_cut(c):
+    """No-password mode; the power is cut while N+2 is being written, and
+    the same disk boots the old slot."""
+    releases, board = c.releases, c.board
+    n, n1, n2, n3 = c.versions
+    prom, port = c.prom, c.port
+    board.write("/userdata/kvm_config.json", device_config("noPassword"))
+    until("plain HTTP job up in no-password mode", lambda: prom.up("token") == 1, 60)
+    # A watcher on the board says when the first image (boot.img) is
+    # being written; the power is cut then (QEMU killed), so the slot
+    # holds at most part of the release. (ash runs BusyBox's dd in a
+    # forked shell, whose cmdline stays the shell's: the process is
+    # found by its name and its open file.)
+    board.sh("(while :; do f=0; for p in /proc/[0-9]*; do read -r c < $p/comm || continue; [ \"$c\" = dd ] || continue;"
+             " ls -l $p/fd | grep -q 'ota_save/boot[.]img' && f=1; done 2>/dev/null; [ $f = 1 ] && break;"
+             " usleep 50000; done; echo POWER-CUT-NOW >/dev/console) >/dev/null 2>&1 & true")
+    cut = len(board.console())
+    board.install(f"{URL}/{n2}/release.json")
+    until("N+2 being written", lambda: "POWER-CUT-NOW" in board.console()[cut:], 300)
+    board.cut_power()
+    disk = f"{board.state}/disk.img"
+    record = json.loads(run(f"{ROOT}/scripts/ab-bootloader", "show", disk).stdout)
+    check("power cut: the slot being written is unbootable on the disk",
+          record["a"] == {"priority": 0, "tries": 0, "successful": 0}
+          and record["b"] == {"priority": 15, "tries": 0, "successful": 1}, str(record))
+    parts = {p["name"]: p for p in json.loads(run("sfdisk", "--json", disk).stdout)["partitiontable"]["partitions"]}
+    size = os.path.getsize(f"{releases}/{n2}/images/system.img")
+    with open(disk, "rb") as f:
+        f.seek(parts["system_a"]["start"] * 512)
+        written = hashlib.sha256(f.read(size)).hexdigest()
+    check("power cut: system_a does not hold N+2's image (the write was cut)", written != sha256(f"{releases}/{n2}/images/system.img"))
+    booted = len(board.bootloader_lines())
+    subprocess.run(
+        [f"{ROOT}/scripts/boot-board", "--ab", "--keep-disk", "--detach", "--images", f"{releases}/{n}/images",
+         "--state", board.state, "--http-port", str(board.http), "--metrics-port", str(board.metrics),
+         "--node-port", str(free_port()), "--update-port", str(port)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    lines = board.bootloader_lines()[booted:]
+    check("power cut: the same disk boots the old slot b", any("A/B slot _b: priority 15, successful 1" in ln for ln in lines), str(lines))
+    status = until("confirm step done", lambda: "cut off while writing" in board.ota_log() and board.status(), 60)
+    check("power cut: slot b confirmed, slot a unbootable",
+          "running slot: b" in status and "slot b: priority 15 tries 0 successful 1" in status
+          and "slot a: priority 0 tries 0 successful 0" in status, status)
+    check("power cut: the log says the update was cut off, and the download is gone",
+          "an update was cut off while writing (slot=a" in board.ota_log()
+          and board.sh("ls /userdata/jetkvm/ota_save /userdata/jetkvm/ota_work 2>/dev/null | wc -l").strip() == "0")
+    until("Prometheus reporting N+1 again", lambda: version_from(prom) == n1, UP_BOUND)
 
-        qpid = board.qemu_pid()
-        board.sh("poweroff", timeout=5)
-        until("board powered off", lambda: not os.path.exists(f"/proc/{qpid}"), 60)
-        check("board: powered off cleanly, bootloader ended", "ab-bootloader: the board powered off" in board.console())
-        figures["date"] = time.strftime("%Y-%m-%d", time.gmtime())
-        figures["total_seconds"] = round(time.monotonic() - t0)
-        print("figures: " + json.dumps(figures), flush=True)
-        os.makedirs(f"{ROOT}/out", exist_ok=True)
-        with open(f"{ROOT}/out/ota-figures.json", "w") as f:
-            json.dump(figures, f, indent=2)
-    except Exception as e:  # report, keep the console log
-        failed = True
-        e2e.RESULTS.append((str(e), False))
-        print(f"FAIL {e}", flush=True)
+
+def clean_install(c):
+    """N+2 installed cleanly after the power cut."""
+    board, prom = c.board, c.prom
+    n, n1, n2, n3 = c.versions
+    booted = len(board.bootloader_lines())
+    board.install(f"{URL}/{n2}/release.json")
+    until("N+2 booting", lambda: any("A/B slot _a: priority 15, successful 0, tries remaining 6" in ln
+                                    for ln in board.bootloader_lines()[booted:]), 300)
+    until("Prometheus reporting N+2", lambda: version_from(prom) == n2, UP_BOUND)
+    status = until("slot a confirmed", lambda: "slot a: priority 15 tries 0 successful 1" in (st := board.status()) and st, 60)
+    check("no-password mode: N+2 installed cleanly after the power cut and confirmed", "running slot: a" in status, status)
+    check("no-password mode: confirmed by the probe without a credential",
+          re.search(rf"slot a \({re.escape(n2)}\) confirmed after \d+s: listen_addr 10\.0\.2\.15:3080 \(http\)", board.ota_log()), board.ota_log())
+
+
+def rollback(c):
+    """N+3, applied from a directory anyone can write and swapped there once
+    copied, cannot start its daemon: rolled back to N+2."""
+    board, prom, tok, figures = c.board, c.prom, c.tok, c.figures
+    n, n1, n2, n3 = c.versions
+    board.sh("mkdir -m 1777 /tmp/pub && cd /tmp/pub && for f in system.tar system.tar.sha256 system.tar.sig; do"
+             f" wget -q -O $f {URL}/{n3}/$f; done && chmod 666 /tmp/pub/*", timeout=120)
+    booted = len(board.bootloader_lines())
+    board.sh("start-stop-daemon --start --background --exec /usr/sbin/jetkvm-ota -- apply /tmp/pub/system.tar")
+    until("the tar copied to the private work directory", lambda: "copied /tmp/pub/system.tar" in board.ota_log(), 120)
+    board.sh("head -c 1048576 /dev/urandom > /tmp/pub/system.tar")
+    until("the first boot of N+3", lambda: any("A/B slot _b" in ln for ln in board.bootloader_lines()[booted:]), 300)
+    first = time.monotonic()
+    until("back on slot a", lambda: any("A/B slot _a" in ln for ln in board.bootloader_lines()[booted:]), ROLLBACK_BOUND)
+    until("N+2 serving again", lambda: e2e.http_status(f"http://127.0.0.1:{board.http}/metrics", tok) == 200, UP_BOUND)
+    figures["rollback_seconds"] = round(time.monotonic() - first, 1)
+    lines = board.bootloader_lines()[booted:]
+    tries = [ln for ln in lines if "A/B slot _b" in ln]
+    check("bootloader: N+3 (the verified copy, not the swapped file) tried 7 times, then slot a again",
+          len(tries) == 7 and "tries remaining 0" in tries[-1] and not any("no readable boot.img" in ln for ln in lines), "\n".join(lines))
+    until("Prometheus reporting N+2 again", lambda: version_from(prom) == n2, UP_BOUND)
+    status = board.status()
+    check("board: slot b unbootable, slot a still confirmed",
+          "slot b: priority 0 tries 0 successful 0" in status and "slot a: priority 14 tries 0 successful 1" in status, status)
+    log = until("rollback logged", lambda: "rolled back" in (t := board.ota_log()) and t, 30)
+    check("board: update log says N+3 was never confirmed, and why",
+          log.count(f"slot b ({n3}) not confirmed: the metrics daemon did not serve within {BROKEN_CONFIRM_TIMEOUT}s") == 7
+          and "cannot start: this build is broken on purpose" in log
+          and "rolled back: slot b was never confirmed" in log, log)
+
+
+def power_off(c):
+    """The board powered off cleanly; the figures written."""
+    board, figures = c.board, c.figures
+    qpid = board.qemu_pid()
+    board.sh("poweroff", timeout=5)
+    until("board powered off", lambda: not os.path.exists(f"/proc/{qpid}"), 60)
+    check("board: powered off cleanly, bootloader ended", "ab-bootloader: the board powered off" in board.console())
+    figures["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+    figures["total_seconds"] = round(time.monotonic() - c.t0)
+    print("figures: " + json.dumps(figures), flush=True)
+    os.makedirs(f"{ROOT}/out", exist_ok=True)
+    with open(f"{ROOT}/out/ota-figures.json", "w") as f:
+        json.dump(figures, f, indent=2)
+
+
+PHASES = [
+    ("build the releases", build_releases),
+    ("check the releases, the A/B flow and versions", release_checks),
+    ("first boot, scraped by Prometheus", first_boot),
+    ("confirm in every configuration", confirm_everywhere),
+    ("update to N+1 over the device's TLS", update_with_tls),
+    ("refusals", refusals),
+    ("power cut while writing N+2", power_cut),
+    ("N+2 installed cleanly", clean_install),
+    ("N+3 rolled back", rollback),
+    ("power off", power_off),
+]
+
+
+def main():
+    keep = "--keep" in sys.argv
+    work = tempfile.mkdtemp(prefix="jetkvm-ota-")
+    board = AbBoard(f"{work}/board", free_port(), free_port())
+    base = cargo_version()
+    c = types.SimpleNamespace(work=work, releases=f"{work}/releases", board=board, prom=None, server=None,
+                              figures={}, versions=tuple(f"{base}-ota.{i}" for i in (1, 2, 3, 4)),
+                              t0=time.monotonic())
+    try:
+        e2e.run_phases(PHASES, c)
     finally:
-        if prom:
-            prom.stop()
+        if c.prom:
+            c.prom.stop()
         board.stop()
-        if server:
-            server.shutdown()
-        failed = failed or e2e.failed()
-        if failed:
-            os.makedirs(f"{ROOT}/out/artifacts", exist_ok=True)
-            for name in ("console.log", "qemu.log"):
-                if os.path.exists(f"{board.state}/{name}"):
-                    shutil.copy(f"{board.state}/{name}", f"{ROOT}/out/artifacts/ota-board-{name}")
-            print(f"artifacts: {ROOT}/out/artifacts/", flush=True)
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
-    passed = sum(1 for _, ok in e2e.RESULTS if ok)
-    print(f"ota e2e: {passed} passed, {len(e2e.RESULTS) - passed} failed")
-    return 1 if failed or e2e.failed() else 0
+        if c.server:
+            c.server.shutdown()
+    return e2e.finish("ota", board, work, keep)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,11 @@ fn the_daemon_runs_as_its_user_with_only_cap_dac_read_search() {
     assert_eq!((std::os::unix::fs::MetadataExt::uid(&meta), meta.permissions().mode() & 0o777), (uid, 0o600));
     let pidfile = dir.path("run/jetkvm-metrics.pid");
     let ids = format!("{uid}:{gid}");
-    let mut d =
-        Daemon::start_with_args(dir, &config, &["--user", &ids, "--pidfile", pidfile.to_str().unwrap()]);
+    // Both files where the daemon's user may write, as the init script has it.
+    let ports = dir.path("run/ports");
+    let args =
+        ["--user", &ids, "--pidfile", pidfile.to_str().unwrap(), "--ports-file", ports.to_str().unwrap()];
+    let mut d = Daemon::start_with_args(dir, &config, &args);
     let pid = d.child.id();
     // Who it is now, and what it may.
     assert_eq!(status(pid, "Uid"), format!("{uid} {uid} {uid} {uid}"));

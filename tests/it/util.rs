@@ -126,11 +126,18 @@ impl Daemon {
         Daemon::start_with_args(dir, config, &[])
     }
 
-    /// `serve --config CONFIG` and `args`.
+    /// `serve --config CONFIG` and `args`; the listeners' addresses are
+    /// what the daemon writes in its `--ports-file` (`dir/ports` unless
+    /// `args` name one).
     pub fn start_with_args(dir: TempDir, config: &Path, args: &[&str]) -> Daemon {
+        let named = args.iter().position(|a| *a == "--ports-file").map(|i| PathBuf::from(args[i + 1]));
+        let ports = named.clone().unwrap_or_else(|| dir.path("ports"));
+        let _ = std::fs::remove_file(&ports);
+        let default_ports = named.is_none().then(|| ["--ports-file".into(), ports.clone().into_os_string()]);
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
+            .args(default_ports.iter().flatten())
             .args(args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
@@ -140,40 +147,39 @@ impl Daemon {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
         {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    // "listening on http://ADDR (general, ..." / "https://ADDR (metrics_service, ..."
-                    if let Some(i) = line.find("listening on ") {
-                        let rest = &line[i + "listening on ".len()..];
-                        let mut words = rest.split_whitespace();
-                        let url = words.next().unwrap_or("");
-                        let role = words.next().unwrap_or("").trim_matches(|c| c == '(' || c == ',');
-                        let addr = url.split("://").nth(1).unwrap_or("").to_owned();
-                        let _ = tx.send((role.to_owned(), addr));
-                    }
                     let mut l = log.lock().unwrap();
                     l.push_str(&line);
                     l.push('\n');
                 }
             });
         }
-        let expect_metrics_service = std::fs::read_to_string(config).unwrap().contains("enabled = true");
-        let mut addr = None;
-        let mut metrics_addr = None;
-        while addr.is_none() || (expect_metrics_service && metrics_addr.is_none()) {
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok((role, a)) if role == "general" => addr = Some(a.parse().unwrap()),
-                Ok((_, a)) => metrics_addr = Some(a.parse().unwrap()),
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("daemon did not start; log:\n{}", log.lock().unwrap());
-                }
+        let end = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            // Written whole, once every listener is bound.
+            if let Ok(text) = std::fs::read_to_string(&ports) {
+                break text;
             }
+            if Instant::now() > end || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("daemon did not start; log:\n{}", log.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let address = |role: &str| {
+            text.lines().find_map(|l| l.strip_prefix(role)?.strip_prefix(' ')).map(|a| a.parse().unwrap())
+        };
+        Daemon {
+            addr: address("general").unwrap(),
+            metrics_addr: address("metrics_service"),
+            child,
+            dir,
+            log,
         }
-        Daemon { child, addr: addr.unwrap(), metrics_addr, dir, log }
     }
 
     pub fn device_config(&self) -> PathBuf {

@@ -1,0 +1,129 @@
+//! One source of metrics: the [`Collector`] trait, why a collector may
+//! produce nothing, the timing wrapper every collector runs in, and the file
+//! helpers collectors share.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use prometheus::core::Desc;
+use prometheus::proto::MetricFamily;
+
+pub use crate::metrics::{Families, Kind};
+
+/// Why a collector produced nothing.
+#[derive(Debug)]
+pub enum Error {
+    /// The source does not exist on this host (no thermal zone, no UDC):
+    /// reported as success 0, logged only at debug level.
+    NoData(String),
+    /// The source exists but could not be read or parsed: logged as a warning.
+    Failed(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::NoData(m) | Error::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One source of metrics.
+pub trait Collector: Send + Sync {
+    /// The `collector` label value.
+    fn name(&self) -> &'static str;
+    /// Reads the source and builds complete metric families into `out`.
+    fn update(&self, out: &mut Families) -> Result<()>;
+}
+
+const DURATION: &str = "jetkvm_scrape_collector_duration_seconds";
+const DURATION_HELP: &str = "Time a collector took during this scrape.";
+const SUCCESS: &str = "jetkvm_scrape_collector_success";
+const SUCCESS_HELP: &str =
+    "Whether a collector succeeded during this scrape (1) or could not read its source (0).";
+
+/// A collector as the `prometheus` registry sees it: each scrape runs it
+/// once, times it, and adds its success and duration samples (the registry
+/// merges those of every collector into one family each).
+pub(super) struct Timed {
+    inner: Box<dyn Collector>,
+    descs: [Desc; 2],
+}
+
+impl Timed {
+    pub(super) fn new(inner: Box<dyn Collector>) -> prometheus::Result<Timed> {
+        let desc = |name: &str, help: &str| {
+            let labels = HashMap::from([("collector".to_owned(), inner.name().to_owned())]);
+            Desc::new(name.to_owned(), help.to_owned(), Vec::new(), labels)
+        };
+        Ok(Timed { descs: [desc(DURATION, DURATION_HELP)?, desc(SUCCESS, SUCCESS_HELP)?], inner })
+    }
+}
+
+impl prometheus::core::Collector for Timed {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let name = self.inner.name();
+        let start = Instant::now();
+        // A collector builds into its own families so a failure half-way
+        // hands over nothing partial.
+        let mut part = Families::new();
+        let ok = match self.inner.update(&mut part) {
+            Ok(()) => true,
+            Err(Error::NoData(msg)) => {
+                log::debug!("collector {name}: no data: {msg}");
+                false
+            }
+            Err(Error::Failed(msg)) => {
+                log::warn!("collector {name}: {msg}");
+                false
+            }
+        };
+        let mut out = if ok { part } else { Families::new() };
+        out.family(DURATION, DURATION_HELP, Kind::Gauge)
+            .sample(&[("collector", name)], start.elapsed().as_secs_f64());
+        out.family(SUCCESS, SUCCESS_HELP, Kind::Gauge)
+            .sample(&[("collector", name)], if ok { 1.0 } else { 0.0 });
+        out.into_vec()
+    }
+}
+
+/// Reads a whole file, mapping "not there" to [`Error::NoData`].
+pub(crate) fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| io_error(path, e))
+}
+
+pub(crate) fn io_error(path: &Path, e: io::Error) -> Error {
+    let msg = format!("{}: {e}", path.display());
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::NoData(msg),
+        _ => Error::Failed(msg),
+    }
+}
+
+pub(crate) fn parse_error(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::Failed(format!("{}: {what}", path.display()))
+}
+
+/// Joins a root and a relative path such as `net/tcp`.
+pub(crate) fn under(root: &Path, rel: &str) -> PathBuf {
+    root.join(rel)
+}
+
+/// Clock ticks per second, the unit of `/proc/stat` CPU times.
+pub(crate) fn user_hz() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}

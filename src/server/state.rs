@@ -1,0 +1,78 @@
+//! What every request shares: the configuration, the one decision, the
+//! registry, the daemon's counters and the listeners (each with its role and
+//! TLS).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::exporter::Exporter;
+use super::listener::{Listener, Role};
+use super::loglimit::LogLimiter;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::device::DeviceState;
+use crate::telemetry::Telemetry;
+use crate::tls::{self, device::Following};
+
+/// Everything a request needs, shared by the listeners.
+pub struct State {
+    pub config: Config,
+    pub auth: Authenticator,
+    /// The collectors and the daemon's own counters.
+    pub registry: prometheus::Registry,
+    pub telemetry: Telemetry,
+    pub listeners: Vec<Arc<Listener>>,
+    pub refusal_log: LogLimiter,
+}
+
+impl State {
+    /// Builds the state and the listeners' TLS; fails if a certificate or
+    /// key cannot be used (never falls back to plaintext).
+    pub fn new(config: Config) -> Result<Arc<State>, String> {
+        let device = Arc::new(DeviceState::new(config.device_config.clone()));
+        let mut listeners = vec![Arc::new(Listener {
+            role: Role::General,
+            addr: config.listen_addr,
+            bound: Default::default(),
+            tls: None,
+            device_tls: config.follow_device_tls.then(|| {
+                let files = tls::DeviceTls::new(config.device_tls_dir.clone(), config.host_names.clone());
+                Following::new(device.clone(), files)
+            }),
+            serves_metrics: config.metrics_service.is_none(),
+        })];
+        if let Some(ms) = &config.metrics_service {
+            let tls = if ms.keypairs.is_empty() {
+                None
+            } else {
+                Some(Arc::new(tls::Acceptor::new(ms).map_err(|e| crate::startup::tls_problem(&config, &e))?))
+            };
+            listeners.push(Arc::new(Listener {
+                role: Role::MetricsService,
+                addr: ms.listen_addr,
+                bound: Default::default(),
+                tls,
+                device_tls: None,
+                serves_metrics: true,
+            }));
+        }
+        let auth = Authenticator::new(&config, device.clone());
+        let registry = prometheus::Registry::new();
+        let exporter = Exporter { listeners: listeners.clone(), device, tokens: auth.tokens().clone() };
+        crate::collectors::register(&config, &registry)
+            .and_then(|()| crate::collectors::register_one(&registry, Box::new(exporter)))
+            .map_err(|e| format!("metrics: {e}"))?;
+        Ok(Arc::new(State {
+            auth,
+            telemetry: Telemetry::new(&registry).map_err(|e| format!("metrics: {e}"))?,
+            registry,
+            refusal_log: LogLimiter::new(20, Duration::from_secs(60)),
+            listeners,
+            config,
+        }))
+    }
+
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.listeners.iter().find(|l| l.role == Role::MetricsService).map(|l| l.address().port())
+    }
+}

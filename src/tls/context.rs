@@ -1,0 +1,225 @@
+//! What both listeners' TLS share: reading PEM files, and building an
+//! OpenSSL context with the handshake policy (see `tls`). Errors name the
+//! file and the problem; what the configuration calls that file is the
+//! caller's to say.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::time::Duration;
+
+use openssl::asn1::Asn1Time;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{
+    NameType, SslAcceptor, SslContext, SslMethod, SslOptions, SslSessionCacheMode, SslVerifyMode, SslVersion,
+};
+use openssl::stack::Stack;
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509Name, X509};
+
+use crate::auth::{client_cert, Reason};
+use crate::wording::io_reason;
+
+/// Which file a problem is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Certificate,
+    Key,
+    Ca,
+}
+
+/// A file that cannot serve: which one, and "PATH: what is wrong".
+#[derive(Clone, Debug)]
+pub struct FileError {
+    pub role: Role,
+    pub message: String,
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+pub(super) fn file_error(role: Role, path: &Path, what: impl std::fmt::Display) -> FileError {
+    FileError { role, message: format!("{}: {what}", path.display()) }
+}
+
+thread_local! {
+    /// Why the last client certificate was refused on this thread. The
+    /// handshake that fails does so in the same poll in which the callback
+    /// ran, and the listener takes the reason right then.
+    static REJECTED: Cell<Option<Reason>> = const { Cell::new(None) };
+}
+
+pub(super) fn reject(reason: Reason) {
+    REJECTED.with(|r| {
+        if r.get().is_none() {
+            r.set(Some(reason));
+        }
+    });
+}
+
+/// The reason the verify callback recorded, if any, and clears it.
+pub fn take_rejection() -> Option<Reason> {
+    REJECTED.with(Cell::take)
+}
+
+/// A failed rebuild is retried at most this often while files keep
+/// looking new.
+pub(super) const RETRY_FAILED: Duration = Duration::from_secs(1);
+
+fn read(role: Role, path: &Path) -> Result<Vec<u8>, FileError> {
+    std::fs::read(path).map_err(|e| file_error(role, path, io_reason(&e)))
+}
+
+/// Every certificate in a PEM file, at least one.
+pub(super) fn certs(role: Role, path: &Path) -> Result<Vec<X509>, FileError> {
+    let pem = read(role, path)?;
+    match X509::stack_from_pem(&pem) {
+        Ok(v) if !v.is_empty() => Ok(v),
+        Ok(_) => Err(file_error(role, path, "no PEM certificate in file")),
+        Err(e) => Err(file_error(role, path, format_args!("not a PEM certificate: {}", short(&e)))),
+    }
+}
+
+fn private_key(path: &Path) -> Result<PKey<Private>, FileError> {
+    let pem = read(Role::Key, path)?;
+    PKey::private_key_from_pem(&pem)
+        .map_err(|e| file_error(Role::Key, path, format_args!("not a PEM private key: {}", short(&e))))
+}
+
+/// A certificate chain and its key, the key checked against the chain's
+/// first certificate.
+pub(super) fn pair(cert: &Path, key: &Path) -> Result<(Vec<X509>, PKey<Private>), FileError> {
+    let chain = certs(Role::Certificate, cert)?;
+    let pkey = private_key(key)?;
+    if !chain[0].public_key().map(|p| p.public_eq(&pkey)).unwrap_or(false) {
+        return Err(file_error(
+            Role::Key,
+            key,
+            format_args!("does not match certificate {}", cert.display()),
+        ));
+    }
+    Ok((chain, pkey))
+}
+
+/// OpenSSL's error stack in one short line. Its string tables are not
+/// loaded (see `crypto::init`), so the code stands in when there is no text.
+pub(super) fn short(e: &openssl::error::ErrorStack) -> String {
+    match e.errors().first() {
+        Some(x) => x.reason().map(str::to_owned).unwrap_or_else(|| format!("OpenSSL error {:#x}", x.code())),
+        None => "unknown error".into(),
+    }
+}
+
+pub(super) fn unix_time(t: &openssl::asn1::Asn1TimeRef) -> i64 {
+    match Asn1Time::from_unix(0).and_then(|epoch| epoch.diff(t)) {
+        Ok(d) => d.days as i64 * 86_400 + d.secs as i64,
+        Err(_) => 0,
+    }
+}
+
+/// DNS names a certificate serves, for SNI.
+pub(super) fn dns_names(cert: &X509) -> Vec<String> {
+    let mut names = client_cert::sans(cert);
+    names.retain(|n| n.parse::<std::net::IpAddr>().is_err());
+    names
+}
+
+fn name_matches(pattern: &str, host: &str) -> bool {
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        host.split_once('.').is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(suffix))
+    } else {
+        pattern.eq_ignore_ascii_case(host)
+    }
+}
+
+/// Client certificates a context requires: verified against `cas`, with
+/// one of `allowed` SANs if that is not empty.
+pub(super) struct Mtls<'a> {
+    pub cas: &'a [X509],
+    pub allowed: &'a [String],
+}
+
+/// Contexts chosen by SNI: the names each serves.
+pub(super) type ByName = Vec<(Vec<String>, SslContext)>;
+
+pub(super) fn context(
+    chain: &[X509],
+    key: &PKey<Private>,
+    mtls: Option<Mtls<'_>>,
+    sni: Option<ByName>,
+) -> Result<SslAcceptor, openssl::error::ErrorStack> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    // SSL_OP_CLEANSE_PLAINTEXT (OpenSSL 3; the openssl crate has no name
+    // for it): decrypted records are wiped once read, not left in the
+    // record buffer until the next one overwrites them.
+    const CLEANSE_PLAINTEXT: SslOptions = SslOptions::from_bits_retain(1 << 1);
+    b.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE | CLEANSE_PLAINTEXT);
+    if mtls.is_some() {
+        // No resumption: every connection verifies a certificate against
+        // the CAs of now. The context id is set as OpenSSL requires when
+        // peers are verified, and no ticket or cached session is made.
+        b.set_session_id_context(b"jetkvm-metrics mtls")?;
+        b.set_session_cache_mode(SslSessionCacheMode::OFF);
+        b.set_options(SslOptions::NO_TICKET);
+        b.set_num_tickets(0)?;
+    }
+    b.set_certificate(&chain[0])?;
+    for extra in &chain[1..] {
+        b.add_extra_chain_cert(extra.clone())?;
+    }
+    b.set_private_key(key)?;
+    b.check_private_key()?;
+    if let Some(Mtls { cas, allowed }) = mtls {
+        let mut store = X509StoreBuilder::new()?;
+        let mut names = Stack::<X509Name>::new()?;
+        for ca in cas {
+            store.add_cert(ca.clone())?;
+            names.push(ca.subject_name().to_owned()?)?;
+        }
+        b.set_verify_cert_store(store.build())?;
+        b.set_client_ca_list(names);
+        let allowed = allowed.to_vec();
+        b.set_verify_callback(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT, move |ok, ctx| {
+            if !ok {
+                reject(Reason::ClientCertInvalid);
+                return false;
+            }
+            if ctx.error_depth() == 0 {
+                if let Some(cert) = ctx.current_cert() {
+                    if !client_cert::allowed(cert, &allowed) {
+                        reject(Reason::ClientCertNotAllowed);
+                        return false;
+                    }
+                }
+            }
+            true
+        });
+    }
+    if let Some(by_name) = sni {
+        b.set_servername_callback(move |ssl, _alert| {
+            if let Some(host) = ssl.servername(NameType::HOST_NAME).map(str::to_owned) {
+                if let Some((_, ctx)) =
+                    by_name.iter().find(|(names, _)| names.iter().any(|n| name_matches(n, &host)))
+                {
+                    ssl.set_ssl_context(ctx).map_err(|_| openssl::ssl::SniError::ALERT_FATAL)?;
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(b.build())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wildcards() {
+        assert!(super::name_matches("*.lan", "jetkvm.lan"));
+        assert!(!super::name_matches("*.lan", "a.b.lan"));
+        assert!(!super::name_matches("*.lan", "lan"));
+        assert!(super::name_matches("JetKVM.lan", "jetkvm.LAN"));
+    }
+}
