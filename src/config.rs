@@ -43,6 +43,23 @@ pub struct Config {
     /// (alone and `.local`) and its addresses (lowercase): in no-password
     /// mode, the `Host` names it answers to.
     pub host_names: Vec<String>,
+    /// The device's USB gadget: `sys_root/kernel/config/usb_gadget/<name>`.
+    pub usb_gadget: String,
+    /// Process names of the device's app (as `comm` has them: 15 bytes).
+    pub app_processes: Vec<String>,
+    pub video: Video,
+}
+
+/// The HDMI receiver.
+#[derive(Clone, Debug)]
+pub struct Video {
+    /// Its V4L2 node; unset: the node whose name has `driver`'s.
+    pub device: Option<PathBuf>,
+    pub driver: String,
+    /// "1" while the receiver sleeps (it is not asked then).
+    pub sleep_file: PathBuf,
+    /// The receiver is asked at most this often.
+    pub query_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -134,6 +151,12 @@ struct Raw {
     device_tls_dir: Option<PathBuf>,
     follow_device_tls: Option<bool>,
     host_names: Option<Vec<String>>,
+    usb_gadget: Option<String>,
+    app_processes: Option<Vec<String>>,
+    video_device: Option<PathBuf>,
+    video_driver: Option<String>,
+    video_sleep_file: Option<PathBuf>,
+    video_query_interval: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -204,11 +227,24 @@ impl Problems<'_> {
     }
 
     fn duration(&mut self, key: &str, v: Option<String>, default: Duration) -> Duration {
+        self.duration_in(key, v, default, Duration::from_millis(100)..=Duration::from_secs(3600))
+    }
+
+    fn duration_in(
+        &mut self,
+        key: &str,
+        v: Option<String>,
+        default: Duration,
+        range: RangeInclusive<Duration>,
+    ) -> Duration {
         match v.as_deref().map(parse_duration) {
             None => default,
-            Some(Ok(d)) if d >= Duration::from_millis(100) && d <= Duration::from_secs(3600) => d,
+            Some(Ok(d)) if range.contains(&d) => d,
             Some(Ok(_)) => {
-                self.key(key, "must be between 100ms and 1h");
+                self.key(
+                    key,
+                    format_args!("must be between {} and {}", words(*range.start()), words(*range.end())),
+                );
                 default
             }
             Some(Err(e)) => {
@@ -224,6 +260,18 @@ impl Problems<'_> {
             Some(p) if p.is_absolute() => p,
             Some(p) => {
                 self.key(key, format_args!("{:?} is not an absolute path", p.display().to_string()));
+                default.into()
+            }
+        }
+    }
+
+    /// A name that is one path component.
+    fn file_name(&mut self, key: &str, v: Option<String>, default: &str) -> String {
+        match v {
+            None => default.into(),
+            Some(n) if !n.is_empty() && n.len() <= 255 && !n.contains('/') && n != "." && n != ".." => n,
+            Some(n) => {
+                self.key(key, format_args!("{n:?} is not a file name"));
                 default.into()
             }
         }
@@ -288,6 +336,23 @@ impl Config {
             device_tls_dir: p.path("device_tls_dir", raw.device_tls_dir, "/userdata/jetkvm/tls"),
             follow_device_tls: raw.follow_device_tls.unwrap_or(true),
             host_names: host_names(&mut p, raw.host_names),
+            usb_gadget: p.file_name("usb_gadget", raw.usb_gadget, "jetkvm"),
+            app_processes: app_processes(&mut p, raw.app_processes),
+            video: Video {
+                device: raw.video_device.map(|d| p.path("video_device", Some(d), "/")),
+                driver: p.file_name("video_driver", raw.video_driver, "tc35874x"),
+                sleep_file: p.path(
+                    "video_sleep_file",
+                    raw.video_sleep_file,
+                    "/sys/bus/i2c/devices/4-000f/sleep_mode",
+                ),
+                query_interval: p.duration_in(
+                    "video_query_interval",
+                    raw.video_query_interval,
+                    Duration::from_secs(10),
+                    Duration::from_secs(5)..=Duration::from_secs(60),
+                ),
+            },
         };
         p.finish(config)
     }
@@ -427,6 +492,32 @@ fn metrics_service(p: &mut Problems, m: RawMetricsService, general: SocketAddr) 
     MetricsService { listen_addr, mtls, ca_certs, client_allowed_sans: m.client_allowed_sans, keypairs }
 }
 
+/// The most `app_processes`: each is a few reads per scrape.
+const APP_PROCESSES_MAX: usize = 8;
+
+/// Process names, each once; the device's app and its native helper by
+/// default.
+fn app_processes(p: &mut Problems, v: Option<Vec<String>>) -> Vec<String> {
+    let Some(v) = v else { return vec!["jetkvm_app".into(), "jetkvm_native".into()] };
+    let mut out: Vec<String> = Vec::new();
+    for name in v {
+        if name.is_empty() || name.len() > 15 || name.contains('/') || name.chars().any(char::is_control) {
+            p.key(
+                "app_processes",
+                format_args!("{name:?} is not a process name (1 to 15 bytes, as the kernel keeps it)"),
+            );
+        } else if out.contains(&name) {
+            p.key("app_processes", format_args!("{name:?} is listed twice"));
+        } else {
+            out.push(name);
+        }
+    }
+    if out.len() > APP_PROCESSES_MAX {
+        p.key("app_processes", format_args!("{} names: at most {APP_PROCESSES_MAX}", out.len()));
+    }
+    out
+}
+
 /// The most `host_names`: a short list, whose every name costs a TLS
 /// context and series when the device issues certificates for it.
 pub const HOST_NAMES_MAX: usize = 16;
@@ -455,6 +546,17 @@ fn host_names(p: &mut Problems, v: Option<Vec<String>>) -> Vec<String> {
         p.key("host_names", format_args!("{} names: at most {HOST_NAMES_MAX}", out.len()));
     }
     out
+}
+
+/// A duration as the configuration writes it: "100ms", "5s", "1m", "1h".
+fn words(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
 }
 
 /// "10s", "500ms", "2m", "1h".
@@ -554,6 +656,30 @@ mod tests {
         let many: Vec<String> = (0..17).map(|i| format!("\"n{i}\"")).collect();
         let e = Config::parse(&format!("host_names = [{}]\n", many.join(", ")), "c.toml").unwrap_err();
         assert_eq!(e, ["config c.toml: key \"host_names\": 17 names: at most 16"]);
+    }
+
+    #[test]
+    fn kvm_state_keys() {
+        let c = Config::parse("", "c.toml").unwrap();
+        assert_eq!((c.usb_gadget.as_str(), c.app_processes.len()), ("jetkvm", 2));
+        assert_eq!((c.video.driver.as_str(), c.video.device.is_none()), ("tc35874x", true));
+        assert_eq!(c.video.query_interval, Duration::from_secs(10));
+        for (text, why) in [
+            ("video_query_interval = \"2s\"\n", "key \"video_query_interval\": must be between 5s and 1m"),
+            ("video_query_interval = \"61s\"\n", "key \"video_query_interval\": must be between 5s and 1m"),
+            ("video_device = \"video0\"\n", "key \"video_device\": \"video0\" is not an absolute path"),
+            ("usb_gadget = \"../g\"\n", "key \"usb_gadget\": \"../g\" is not a file name"),
+            (
+                "app_processes = [\"a-name-of-sixteen\"]\n",
+                "key \"app_processes\": \"a-name-of-sixteen\" is not a process name",
+            ),
+            ("app_processes = [\"a\", \"a\"]\n", "key \"app_processes\": \"a\" is listed twice"),
+        ] {
+            let e = Config::parse(text, "c.toml").unwrap_err();
+            assert!(e.len() == 1 && e[0].starts_with(&format!("config c.toml: {why}")), "{text}: {e:?}");
+        }
+        let c = Config::parse("video_device = \"/dev/video0\"\napp_processes = []\n", "c.toml").unwrap();
+        assert_eq!((c.video.device.unwrap(), c.app_processes.len()), ("/dev/video0".into(), 0));
     }
 
     #[test]

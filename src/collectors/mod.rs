@@ -11,18 +11,23 @@
 
 use crate::config::Config;
 
+mod app;
 mod collector;
 mod cpu;
 mod device;
 mod filesystem;
+mod hdmi;
 mod loadavg;
 mod meminfo;
+mod netclass;
 mod netdev;
 mod process;
+mod rtc;
 mod sock_diag;
 mod tcp;
 mod thermal;
 mod time;
+mod usb_config;
 mod usb_gadget;
 
 /// The pure parsers of procfs and sysfs text, for fuzzing and tests.
@@ -40,6 +45,7 @@ pub mod parsers {
 pub fn register(config: &Config, registry: &prometheus::Registry) -> prometheus::Result<()> {
     let procfs = config.proc_root.clone();
     let sysfs = config.sys_root.clone();
+    let gadget = sysfs.join("kernel/config/usb_gadget").join(&config.usb_gadget);
     let collectors: Vec<Box<dyn Collector>> = vec![
         Box::new(time::Time),
         Box::new(loadavg::LoadAvg),
@@ -49,12 +55,27 @@ pub fn register(config: &Config, registry: &prometheus::Registry) -> prometheus:
         Box::new(netdev::NetDev::new(procfs)),
         Box::new(filesystem::Filesystem::new(config.filesystems.clone())),
         Box::new(thermal::Thermal::new(sysfs.clone())),
-        Box::new(usb_gadget::UsbGadget::new(sysfs)),
+        Box::new(usb_gadget::UsbGadget::new(sysfs.clone())),
+        Box::new(usb_config::UsbFunctions::new(gadget.clone())),
+        Box::new(usb_config::VirtualMedia::new(gadget, sysfs.clone())),
+        Box::new(netclass::NetClass::new(sysfs.clone())),
+        Box::new(rtc::Rtc::new(sysfs.clone())),
+        Box::new(hdmi::Hdmi::new(
+            config.video.device.clone(),
+            config.video.driver.clone(),
+            sysfs,
+            config.video.sleep_file.clone(),
+            config.video.query_interval,
+        )),
         Box::new(device::Device::new(config.version_file.clone())),
         Box::new(process::Process::new().map_err(prometheus::Error::Msg)?),
     ];
     for c in collectors {
         register_one(registry, c)?;
+    }
+    if !config.app_processes.is_empty() {
+        let app = app::App::new(config.app_processes.clone()).map_err(prometheus::Error::Msg)?;
+        register_one(registry, Box::new(app))?;
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! USB gadget link state (keyboard, mouse and storage emulation):
-//! `/sys/class/udc/<udc>/state`.
+//! The host's USB link (keyboard, mouse and storage emulation): each device
+//! controller's state and speed (`/sys/class/udc/<udc>/{state,current_speed}`),
+//! and whether the target powers the port where the kernel says so (an
+//! extcon's `USB=1` in `/sys/class/extcon/*/state`, on newer device builds).
 
 use std::path::PathBuf;
 
@@ -22,12 +24,22 @@ const STATES: [&str; 9] = [
 
 pub struct UsbGadget {
     dir: PathBuf,
+    extcon: PathBuf,
 }
 
 impl UsbGadget {
     pub fn new(sysfs: PathBuf) -> Self {
-        UsbGadget { dir: sysfs.join("class/udc") }
+        UsbGadget { dir: sysfs.join("class/udc"), extcon: sysfs.join("class/extcon") }
     }
+}
+
+/// `USB=1` / `USB=0` among an extcon's `NAME=VALUE` lines.
+pub fn usb_powered(state: &str) -> Option<bool> {
+    state.lines().find_map(|l| match l.trim().strip_prefix("USB=")? {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    })
 }
 
 impl Collector for UsbGadget {
@@ -41,7 +53,9 @@ impl Collector for UsbGadget {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let state = read(&entry.path().join("state"))?;
-            udcs.push((name, state.trim().to_owned()));
+            // Older kernels have no current_speed: no speed sample.
+            let speed = read(&entry.path().join("current_speed")).ok().map(|s| s.trim().to_owned());
+            udcs.push((name, state.trim().to_owned(), speed));
         }
         if udcs.is_empty() {
             return Err(Error::NoData(format!("{}: no USB device controller", self.dir.display())));
@@ -52,7 +66,7 @@ impl Collector for UsbGadget {
             "USB gadget link state of a device controller: 1 for the current state.",
             Kind::Gauge,
         );
-        for (udc, current) in &udcs {
+        for (udc, current, _) in &udcs {
             for s in STATES {
                 f.sample(&[("udc", udc), ("state", s)], if s == current { 1.0 } else { 0.0 });
             }
@@ -60,6 +74,52 @@ impl Collector for UsbGadget {
                 f.sample(&[("udc", udc), ("state", current)], 1.0);
             }
         }
+        let mut f = out.family(
+            "jetkvm_usb_gadget_speed_info",
+            "The speed a device controller's link runs at (UNKNOWN while not connected); always 1.",
+            Kind::Gauge,
+        );
+        for (udc, _, speed) in &udcs {
+            if let Some(speed) = speed {
+                f.sample(&[("udc", udc), ("speed", speed)], 1.0);
+            }
+        }
+        self.target_power(out);
         Ok(())
+    }
+}
+
+impl UsbGadget {
+    /// Each extcon that reports a USB cable: whether the target powers it.
+    /// Most kernels have none: no sample, and the link state still counts.
+    fn target_power(&self, out: &mut Families) {
+        let Ok(entries) = std::fs::read_dir(&self.extcon) else { return };
+        let mut powered: Vec<(String, bool)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let state = read(&e.path().join("state")).ok()?;
+                Some((e.file_name().to_string_lossy().into_owned(), usb_powered(&state)?))
+            })
+            .collect();
+        powered.sort();
+        let mut f = out.family(
+            "jetkvm_usb_target_powered",
+            "Whether the target powers the USB port (the extcon's USB cable state).",
+            Kind::Gauge,
+        );
+        for (extcon, on) in &powered {
+            f.sample(&[("extcon", extcon)], if *on { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn extcon_usb_lines() {
+        assert_eq!(super::usb_powered("USB=1\nUSB-HOST=0\n"), Some(true));
+        assert_eq!(super::usb_powered("USB-HOST=1\nUSB=0\n"), Some(false));
+        assert_eq!(super::usb_powered("HDMI=1\n"), None);
+        assert_eq!(super::usb_powered("USB=x\n"), None);
     }
 }

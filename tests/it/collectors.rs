@@ -10,8 +10,10 @@ fn fixture_config(extra: &str) -> String {
     )
 }
 
-/// Families sysinfo reads from the live kernel, whatever `proc_root` says.
-const LIVE: [&str; 6] = [
+/// Families sysinfo reads from the live kernel, whatever `proc_root` says,
+/// and the RTC's offset from the live system clock.
+const LIVE: [&str; 7] = [
+    "jetkvm_rtc_offset_seconds{",
     "jetkvm_system_uptime_seconds ",
     "jetkvm_system_boot_time_seconds ",
     "jetkvm_system_load1 ",
@@ -93,11 +95,40 @@ fn fixture_values_are_exact() {
         ("jetkvm_usb_gadget_state{udc=\"ffb00000.usb\",state=\"configured\"}", 1.0),
         ("jetkvm_usb_gadget_state{udc=\"ffb00000.usb\",state=\"not attached\"}", 0.0),
         ("jetkvm_device_info{version=\"0.4.8\"}", 1.0),
+        ("jetkvm_usb_gadget_speed_info{udc=\"ffb00000.usb\",speed=\"high-speed\"}", 1.0),
+        ("jetkvm_usb_target_powered{extcon=\"extcon0\"}", 1.0),
+        ("jetkvm_usb_gadget_bound", 1.0),
+        ("jetkvm_usb_gadget_function_enabled{function=\"hid.usb0\",role=\"keyboard\"}", 1.0),
+        ("jetkvm_usb_gadget_function_enabled{function=\"hid.usb1\",role=\"absolute_mouse\"}", 1.0),
+        ("jetkvm_usb_gadget_function_enabled{function=\"hid.usb2\",role=\"relative_mouse\"}", 0.0),
+        ("jetkvm_usb_gadget_function_enabled{function=\"mass_storage.usb0\",role=\"mass_storage\"}", 1.0),
+        ("jetkvm_virtual_media_mounted", 1.0),
+        ("jetkvm_virtual_media_info{image=\"nbd0\",source=\"nbd\",type=\"cdrom\"}", 1.0),
+        ("jetkvm_virtual_media_read_only", 1.0),
+        ("jetkvm_virtual_media_size_bytes", 2097152.0 * 512.0),
+        ("jetkvm_network_info{device=\"eth0\",operstate=\"up\",duplex=\"full\"}", 1.0),
+        ("jetkvm_network_info{device=\"usb0\",operstate=\"down\",duplex=\"\"}", 1.0),
+        ("jetkvm_network_up{device=\"eth0\"}", 1.0),
+        ("jetkvm_network_up{device=\"usb0\"}", 0.0),
+        ("jetkvm_network_carrier{device=\"eth0\"}", 1.0),
+        ("jetkvm_network_speed_bytes{device=\"eth0\"}", 12_500_000.0),
+        ("jetkvm_network_carrier_changes_total{device=\"eth0\"}", 3.0),
+        ("jetkvm_network_carrier_changes_total{device=\"usb0\"}", 0.0),
+        ("jetkvm_rtc_time_seconds{rtc=\"rtc0\"}", 1_764_547_200.0),
     ] {
         assert_eq!(sample(&t, series), Some(want), "{series}");
     }
     // Port 40000 is not a device service: not counted anywhere.
     assert!(!t.contains("port=\"40000\""));
+    // What the kernel does not give is no sample: loopback, a down link's
+    // carrier, a speed of -1.
+    assert!(!t.contains("jetkvm_network_up{device=\"lo\"}"));
+    assert_eq!(sample(&t, "jetkvm_network_carrier{device=\"usb0\"}"), None);
+    assert_eq!(sample(&t, "jetkvm_network_speed_bytes{device=\"usb0\"}"), None);
+    // The system clock minus the fixture RTC's time, as of this scrape.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let offset = sample(&t, "jetkvm_rtc_offset_seconds{rtc=\"rtc0\"}").unwrap();
+    assert!((now - 1_764_547_200.0 - offset).abs() < 5.0, "{offset}");
     for c in [
         "time",
         "loadavg",
@@ -108,6 +139,10 @@ fn fixture_values_are_exact() {
         "filesystem",
         "thermal_zone",
         "usb_gadget",
+        "usb_functions",
+        "virtual_media",
+        "netclass",
+        "rtc",
         "device",
     ] {
         assert_eq!(
@@ -217,7 +252,19 @@ fn a_collector_without_its_source_reports_zero_and_the_scrape_succeeds() {
     let r = d.get("/metrics", &[]);
     assert_eq!(r.status, 200);
     let t = r.text();
-    for c in ["cpu", "tcp", "netdev", "thermal_zone", "usb_gadget", "device"] {
+    for c in [
+        "cpu",
+        "tcp",
+        "netdev",
+        "thermal_zone",
+        "usb_gadget",
+        "usb_functions",
+        "virtual_media",
+        "netclass",
+        "rtc",
+        "hdmi",
+        "device",
+    ] {
         assert_eq!(
             sample(&t, &format!("jetkvm_scrape_collector_success{{collector=\"{c}\"}}")),
             Some(0.0),
@@ -293,4 +340,75 @@ fn live_tcp_connections_are_counted_by_port_and_state() {
         Some(2.0)
     );
     assert_eq!(sample(&t, "jetkvm_scrape_collector_success{collector=\"tcp\"}"), Some(1.0));
+}
+
+/// A stand-in for the device's app: a copy of `sleep` under the app's
+/// name, so the kernel knows the process by it.
+fn stand_in(dir: &TempDir, name: &str) -> std::process::Child {
+    let bin = dir.path(name);
+    if !bin.exists() {
+        std::fs::copy("/bin/sleep", &bin).unwrap();
+    }
+    std::process::Command::new(&bin).arg("600").spawn().unwrap()
+}
+
+#[test]
+fn the_apps_processes_up_restarted_and_gone() {
+    let dir = TempDir::new();
+    let name = format!("jkm{}", std::process::id() % 100_000);
+    let mut app = stand_in(&dir, &name);
+    let extra = format!("app_processes = [\"{name}\", \"jkm-absent\"]\n");
+    let d = Daemon::start(&fixture_config(&extra), Some(&no_password_mode()));
+    let up = |t: &str| sample(t, &format!("jetkvm_app_up{{process=\"{name}\"}}"));
+    let started = |t: &str| sample(t, &format!("jetkvm_app_start_time_seconds{{process=\"{name}\"}}"));
+    let t = d.get("/metrics", &[]).text();
+    assert_eq!(up(&t), Some(1.0), "{t}");
+    let first = started(&t).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - first).abs() < 30.0, "{first}");
+    assert!(sample(&t, &format!("jetkvm_app_resident_memory_bytes{{process=\"{name}\"}}")).unwrap() > 0.0);
+    assert!(sample(&t, &format!("jetkvm_app_cpu_seconds_total{{process=\"{name}\"}}")).is_some());
+    // A name with no process: down, and nothing else about it.
+    assert_eq!(sample(&t, "jetkvm_app_up{process=\"jkm-absent\"}"), Some(0.0));
+    assert!(!t.contains("jetkvm_app_start_time_seconds{process=\"jkm-absent\"}"));
+    assert_eq!(sample(&t, "jetkvm_scrape_collector_success{collector=\"app\"}"), Some(1.0));
+    // Restarted (start times have whole seconds): a new start time.
+    app.kill().unwrap();
+    app.wait().unwrap();
+    let t = d.get("/metrics", &[]).text();
+    assert_eq!(up(&t), Some(0.0), "{t}");
+    assert_eq!(started(&t), None);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut again = stand_in(&dir, &name);
+    let t = d.get("/metrics", &[]).text();
+    assert_eq!(up(&t), Some(1.0));
+    assert!(started(&t).unwrap() > first, "{t}");
+    again.kill().unwrap();
+    again.wait().unwrap();
+    assert_eq!(promtool_check(&t), "");
+}
+
+#[test]
+fn hdmi_asleep_is_not_asked_and_a_node_that_cannot_answer_fails_only_hdmi() {
+    // The receiver sleeps: its state, nothing asked, no node needed.
+    let sleep = fixtures().join("sys/bus/i2c/devices/4-000f/sleep_mode");
+    let extra =
+        format!("video_sleep_file = \"{}\"\nvideo_device = \"/nonexistent/video0\"\n", sleep.display());
+    let d = Daemon::start(&fixture_config(&extra), Some(&no_password_mode()));
+    let t = d.get("/metrics", &[]).text();
+    assert_eq!(sample(&t, "jetkvm_hdmi_signal{state=\"sleep\"}"), Some(1.0), "{t}");
+    assert_eq!(sample(&t, "jetkvm_hdmi_signal{state=\"ok\"}"), Some(0.0));
+    assert_eq!(sample(&t, "jetkvm_hdmi_width_pixels"), None);
+    assert_eq!(sample(&t, "jetkvm_hdmi_query_age_seconds"), None);
+    assert_eq!(sample(&t, "jetkvm_scrape_collector_success{collector=\"hdmi\"}"), Some(1.0));
+    assert_eq!(promtool_check(&t), "");
+    drop(d);
+    // Awake, on a node that is no V4L2 device (ENOTTY): hdmi fails, the
+    // scrape does not; no state is made up.
+    let extra = "video_sleep_file = \"/nonexistent\"\nvideo_device = \"/dev/null\"\n";
+    let d = Daemon::start(&fixture_config(extra), Some(&no_password_mode()));
+    let t = d.get("/metrics", &[]).text();
+    assert_eq!(sample(&t, "jetkvm_scrape_collector_success{collector=\"hdmi\"}"), Some(0.0));
+    assert!(!t.contains("jetkvm_hdmi_signal"), "{t}");
+    assert!(d.wait_log("collector hdmi").contains("VIDIOC_QUERY_DV_TIMINGS"), "{}", d.log());
 }
