@@ -3,14 +3,16 @@
 //! started (a restart shows as a change), its CPU seconds and resident
 //! memory, through sysinfo. Only what every user may read (`stat`, `statm`):
 //! no privilege. The pids found are kept, and `/proc` is walked again only
-//! while a name has none and a process was created since the last walk
-//! (the last pid in `/proc/loadavg` moved): a scrape costs a few reads
+//! when one of them ends, or while a name has none: then at most once per
+//! [`WALK_INTERVAL`], and only if a process was created since the last walk
+//! (the last pid in `/proc/loadavg` moved). A scrape costs a few reads
 //! while the app runs, and about as few while it is down.
 //! Resident memory is the kernel's split RSS counters (`statm`): a threaded
 //! process's can lag by a few pages per thread, and the exact figure
 //! (`smaps_rollup`) needs ptrace access to the app.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System};
 
@@ -27,9 +29,12 @@ struct State {
     system: System,
     /// The pid found for each name, by index.
     pids: Vec<Option<Pid>>,
-    /// The last pid created as of the last walk of `/proc`.
-    walked_at: Option<u64>,
+    /// The last pid created as of the last walk of `/proc`, and when.
+    walked: Option<(u64, Instant)>,
 }
+
+/// While a name has no process, `/proc` is walked at most this often.
+pub const WALK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The last pid the kernel handed out: the fifth field of `/proc/loadavg`.
 pub fn last_pid(loadavg: &str) -> Option<u64> {
@@ -54,7 +59,7 @@ impl App {
     pub fn new(names: Vec<String>) -> std::result::Result<Self, String> {
         let system = System::new().map_err(|e| format!("app: {e}"))?;
         let pids = vec![None; names.len()];
-        Ok(App { names, state: Mutex::new(State { system, pids, walked_at: None }) })
+        Ok(App { names, state: Mutex::new(State { system, pids, walked: None }) })
     }
 }
 
@@ -91,15 +96,26 @@ impl State {
     }
 
     /// Refreshes the pids found; one that ended, or was reused by another
-    /// program, is forgotten.
-    fn refresh(&mut self, names: &[String]) {
+    /// program, is forgotten. Returns whether one was.
+    fn refresh(&mut self, names: &[String]) -> bool {
         let pids: Vec<Pid> = self.pids.iter().flatten().copied().collect();
         let kind = ProcessRefreshKind::nothing().with_cpu().with_memory();
         self.system.refresh_processes_specifics(ProcessesToUpdate::Some(&pids), true, kind);
+        let mut lost = false;
         for (name, pid) in names.iter().zip(self.pids.iter_mut()) {
             if pid.is_some_and(|p| !self.system.process(p).is_some_and(|p| named(p, name))) {
                 *pid = None;
+                lost = true;
             }
+        }
+        lost
+    }
+
+    /// Whether to walk `/proc` for the names without a pid.
+    fn walk_due(&self, lost: bool, newest: Option<u64>) -> bool {
+        match (lost, newest, self.walked) {
+            (true, _, _) | (_, None, _) | (_, _, None) => true,
+            (false, Some(n), Some((at_pid, at))) => n != at_pid && at.elapsed() >= WALK_INTERVAL,
         }
     }
 }
@@ -111,14 +127,14 @@ impl Collector for App {
 
     fn update(&self, out: &mut Families) -> Result<()> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.refresh(&self.names);
+        let lost = s.refresh(&self.names);
         if s.pids.iter().any(Option::is_none) {
             // No process created since the last walk: none can have the
             // missing names now.
             let newest = std::fs::read_to_string("/proc/loadavg").ok().as_deref().and_then(last_pid);
-            if newest.is_none() || newest != s.walked_at {
+            if s.walk_due(lost, newest) {
                 s.find(&self.names)?;
-                s.walked_at = newest;
+                s.walked = newest.map(|n| (n, Instant::now()));
                 s.refresh(&self.names);
             }
         }

@@ -378,8 +378,13 @@ fn the_apps_processes_up_restarted_and_gone() {
     let t = d.get("/metrics", &[]).text();
     assert_eq!(up(&t), Some(0.0), "{t}");
     assert_eq!(started(&t), None);
+    // Started again: found once the walk interval (5 s) has passed since
+    // the walk that noticed it gone.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let mut again = stand_in(&dir, &name);
+    let t = d.get("/metrics", &[]).text();
+    assert_eq!(up(&t), Some(0.0), "not walked again yet");
+    std::thread::sleep(std::time::Duration::from_millis(4000));
     let t = d.get("/metrics", &[]).text();
     assert_eq!(up(&t), Some(1.0));
     assert!(started(&t).unwrap() > first, "{t}");
