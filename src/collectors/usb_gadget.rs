@@ -54,8 +54,16 @@ impl Collector for UsbGadget {
             let name = entry.file_name().to_string_lossy().into_owned();
             let state = read(&entry.path().join("state"))?;
             // Older kernels have no current_speed: no speed sample.
-            let speed = read(&entry.path().join("current_speed")).ok().map(|s| s.trim().to_owned());
-            udcs.push((name, state.trim().to_owned(), speed));
+            let mut speed = read(&entry.path().join("current_speed")).ok().map(|s| s.trim().to_owned());
+            let mut state = state.trim().to_owned();
+            // No gadget bound (an empty `function`): the link is down, though
+            // the kernel may leave the last state and speed in place (it
+            // does with dummy_udc).
+            if read(&entry.path().join("function")).is_ok_and(|f| f.trim().is_empty()) {
+                state = "not attached".into();
+                speed = None;
+            }
+            udcs.push((name, state, speed));
         }
         if udcs.is_empty() {
             return Err(Error::NoData(format!("{}: no USB device controller", self.dir.display())));

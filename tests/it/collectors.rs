@@ -417,3 +417,29 @@ fn hdmi_asleep_is_not_asked_and_a_node_that_cannot_answer_fails_only_hdmi() {
     assert!(!t.contains("jetkvm_hdmi_signal"), "{t}");
     assert!(d.wait_log("collector hdmi").contains("VIDIOC_QUERY_DV_TIMINGS"), "{}", d.log());
 }
+
+/// Unbound, a controller may keep its last state (dummy_udc does): with no
+/// gadget on it the link is down whatever the state file says.
+#[test]
+fn a_controller_without_a_gadget_has_no_link() {
+    let sys = TempDir::new();
+    let udc = sys.path("sys/class/udc/dummy_udc.0");
+    std::fs::create_dir_all(&udc).unwrap();
+    std::fs::write(udc.join("state"), "configured\n").unwrap();
+    std::fs::write(udc.join("current_speed"), "high-speed\n").unwrap();
+    std::fs::write(udc.join("function"), "\n").unwrap();
+    let extra = format!("sys_root = \"{}\"\n", sys.path("sys").display());
+    let d = Daemon::start(&extra, Some(&no_password_mode()));
+    let t = d.get("/metrics", &[]).text();
+    assert_eq!(
+        sample(&t, "jetkvm_usb_gadget_state{udc=\"dummy_udc.0\",state=\"not attached\"}"),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(sample(&t, "jetkvm_usb_gadget_state{udc=\"dummy_udc.0\",state=\"configured\"}"), Some(0.0));
+    assert!(!t.contains("jetkvm_usb_gadget_speed_info{"), "{t}");
+    // Bound again: the kernel's state.
+    std::fs::write(udc.join("function"), "jetkvm\n").unwrap();
+    let t = d.get("/metrics", &[]).text();
+    assert_eq!(sample(&t, "jetkvm_usb_gadget_state{udc=\"dummy_udc.0\",state=\"configured\"}"), Some(1.0));
+}
