@@ -87,7 +87,8 @@ def boot(c):
     board = c.board
     subprocess.run(
         [f"{ROOT}/scripts/boot-board", "--detach", "--state", board.state,
-         "--http-port", str(board.http), "--metrics-port", str(board.metrics)],
+         "--http-port", str(board.http), "--metrics-port", str(board.metrics),
+         "--test-disk", f"{ROOT}/out/board/testdisk.img"],
         check=True, stdout=subprocess.DEVNULL,
     )
     with open(f"{board.state}/boot-to-scrape-seconds") as f:
@@ -284,6 +285,90 @@ def init_script(c):
     until("mTLS job up after the back-off", lambda: prom.up("mtls") == 1, 60)
 
 
+# The device's gadget, on dummy_hcd's controller: keyboard, absolute and
+# relative mouse (a minimal report descriptor each), mass storage.
+GADGET = " && ".join([
+    "G=/sys/kernel/config/usb_gadget/jetkvm",
+    "mount -t configfs none /sys/kernel/config",
+    "mkdir -p $G/configs/c.1 $G/functions/hid.usb0 $G/functions/hid.usb1 $G/functions/hid.usb2 $G/functions/mass_storage.usb0",
+    "echo 0x1d6b > $G/idVendor",
+    "echo 0x0104 > $G/idProduct",
+    "for h in 0 1 2; do echo 1 > $G/functions/hid.usb$h/protocol; echo 8 > $G/functions/hid.usb$h/report_length;"
+    " printf '\\x05\\x01\\x09\\x06\\xa1\\x01\\xc0' > $G/functions/hid.usb$h/report_desc; done",
+    "for f in hid.usb0 hid.usb1 hid.usb2 mass_storage.usb0; do ln -s $G/functions/$f $G/configs/c.1/$f; done",
+    "echo 1 > $G/functions/mass_storage.usb0/lun.0/removable",
+    "echo dummy_udc.0 > $G/UDC",
+])
+
+
+def kvm_state(c):
+    """The KVM's own state on real kernel drivers from the test disk: vivid's
+    HDMI input through its signal modes and timings, a gadget shaped like the
+    device's on dummy_hcd, virtual media, unbinding, the RTC, the app."""
+    board, prom = c.board, c.prom
+    board.sh("mkdir -p /tmp/t && mount -o ro $(findfs LABEL=kvmtest) /tmp/t && mount --bind /tmp/t/lib/modules /lib/modules"
+             " && modprobe vivid num_inputs=1 input_types=3 n_devs=1 && modprobe dummy_hcd"
+             " && modprobe usb_f_hid && modprobe usb_f_mass_storage", timeout=90)
+    board.sh(GADGET, timeout=60)
+    cfg = "/userdata/jetkvm/metrics/config.toml"
+    board.sh(f"cp {cfg} /tmp/config.kvm && {{ printf 'video_driver = \"vivid-000-vid-cap\"\\nvideo_query_interval = \"5s\"\\n';"
+             f" cat /tmp/config.kvm; }} > {cfg} && /etc/init.d/S95jetkvm-metrics restart", timeout=60)
+    until("mTLS job up with vivid", lambda: prom.up("mtls") == 1, 60)
+
+    def value(q):
+        return prom.value(q.replace("{", '{job="mtls",', 1) if "{" in q else q + '{job="mtls"}')
+
+    def state(s):
+        return until(f"HDMI {s}", lambda: value(f'jetkvm_hdmi_signal{{state="{s}"}}') == 1, 30)
+
+    state("ok")
+    check("board: HDMI ok at vivid's 1280x720, 60 Hz, +5 V",
+          (value("jetkvm_hdmi_width_pixels"), value("jetkvm_hdmi_height_pixels"), value("jetkvm_hdmi_refresh_hertz"),
+           value("jetkvm_hdmi_power_present")) == (1280, 720, 60, 1))
+    # vivid drops +5 V with the signal, and keeps it without a lock or in range.
+    for mode, name, power in ((1, "no_signal", 0), (2, "no_lock", 1), (3, "out_of_range", 1)):
+        board.sh(f"/tmp/t/bin/dv-signal /dev/video0 mode {mode}")
+        state(name)
+        check(f"board: HDMI {name} after vivid's signal mode {mode}, no picture, +5 V {power}",
+              value("jetkvm_hdmi_width_pixels") is None and value("jetkvm_hdmi_power_present") == power)
+    board.sh("/tmp/t/bin/dv-signal /dev/video0 mode 0 && /tmp/t/bin/dv-signal /dev/video0 timings 1080p60")
+    state("ok")
+    check("board: new timings 1920x1080", until("1080p", lambda: value("jetkvm_hdmi_width_pixels") == 1920, 30)
+          and value("jetkvm_hdmi_height_pixels") == 1080)
+    age = value("jetkvm_hdmi_query_age_seconds")
+    check("board: the receiver is asked at most every 5 s", age is not None and age < 5.5, str(age))
+
+    check("board: host USB configured at high speed", until(
+        "USB configured", lambda: value('jetkvm_usb_gadget_state{state="configured"}') == 1, 30)
+        and value('jetkvm_usb_gadget_speed_info{speed="high-speed"}') == 1)
+    check("board: the gadget's four functions enabled", all(value(
+        f'jetkvm_usb_gadget_function_enabled{{role="{r}"}}') == 1
+        for r in ("keyboard", "absolute_mouse", "relative_mouse", "mass_storage")))
+    check("board: no virtual media", value("jetkvm_virtual_media_mounted") == 0)
+    lun = "/sys/kernel/config/usb_gadget/jetkvm/functions/mass_storage.usb0/lun.0"
+    board.sh(f"mkdir -p /userdata/jetkvm/images && dd if=/dev/zero of=/userdata/jetkvm/images/debian.iso bs=1024 count=2048"
+             f" 2>/dev/null && echo 1 > {lun}/cdrom && echo 1 > {lun}/ro && echo /userdata/jetkvm/images/debian.iso > {lun}/file")
+    check("board: virtual media mounted, a 2 MiB read-only CD-ROM image",
+          until("media", lambda: value("jetkvm_virtual_media_mounted") == 1, 30)
+          and value('jetkvm_virtual_media_info{image="debian.iso",source="local",type="cdrom"}') == 1
+          and value("jetkvm_virtual_media_size_bytes") == 2097152 and value("jetkvm_virtual_media_read_only") == 1)
+    board.sh("echo '' > /sys/kernel/config/usb_gadget/jetkvm/UDC")
+    check("board: unbound, the host USB link is down", until(
+        "USB down", lambda: value('jetkvm_usb_gadget_state{state="not attached"}') == 1, 30)
+        and value("jetkvm_usb_gadget_bound") == 0)
+
+    board.sh("date -s @$(( $(date +%s) + 120 )) >/dev/null")
+    offset = until("RTC offset", lambda: (v := value('jetkvm_rtc_offset_seconds{rtc="rtc0"}')) is not None and v > 100 and v, 30)
+    board.sh("date -s @$(( $(date +%s) - 120 )) >/dev/null")
+    check("board: the system clock 2 minutes ahead of the RTC shows", offset and 115 <= offset <= 125, str(offset))
+    check("board: the device's app down", value('jetkvm_app_up{process="jetkvm_app"}') == 0)
+    board.sh("cp /tmp/t/bin/dv-signal /tmp/jetkvm_app && (/tmp/jetkvm_app /dev/video0 hold 600 >/dev/null 2>&1 &)")
+    check("board: a stand-in for the device's app up, with its start time",
+          until("app up", lambda: value('jetkvm_app_up{process="jetkvm_app"}') == 1, 30)
+          and value('jetkvm_app_start_time_seconds{process="jetkvm_app"}') is not None)
+    board.sh(f"kill $(pidof jetkvm_app); cp /tmp/config.kvm {cfg} && /etc/init.d/S95jetkvm-metrics restart", timeout=60)
+
+
 def shutdown(c):
     """A clean shutdown through init."""
     board = c.board
@@ -305,6 +390,7 @@ PHASES = [
     ("bounded log", bounded_log),
     ("mTLS service", mtls_service),
     ("init script", init_script),
+    ("the KVM's own state", kvm_state),
     ("shutdown", shutdown),
 ]
 
