@@ -67,7 +67,7 @@ impl State {
     /// Walks `/proc` for the names without a pid: the oldest process of
     /// each name (a helper it forked is younger). Each process's `comm`
     /// alone is read (sysinfo's own walk reads every thread's `stat`: 7.5 ms
-    /// a scrape under qemu-arm against 0.6 ms), then sysinfo reads the
+    /// a scrape under qemu-arm against 1.5 ms), then sysinfo reads the
     /// candidates.
     fn find(&mut self, names: &[String]) -> Result<()> {
         let proc = std::fs::read_dir("/proc").map_err(|e| Error::Failed(format!("/proc: {e}")))?;
