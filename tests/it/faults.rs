@@ -12,7 +12,11 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
         let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
+        let kind = e.file_type().unwrap();
+        if kind.is_symlink() {
+            // configfs links a configuration to its functions.
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), t).unwrap();
+        } else if kind.is_dir() {
             copy_dir(&e.path(), &t);
         } else {
             std::fs::copy(e.path(), t).unwrap();
