@@ -227,24 +227,29 @@ impl Problems<'_> {
     }
 
     fn duration(&mut self, key: &str, v: Option<String>, default: Duration) -> Duration {
-        self.duration_in(key, v, default, Duration::from_millis(100)..=Duration::from_secs(3600))
+        self.duration_in(
+            key,
+            v,
+            default,
+            Duration::from_millis(100)..=Duration::from_secs(3600),
+            "100ms and 1h",
+        )
     }
 
+    /// `said`: the range as the configuration writes it, for the message.
     fn duration_in(
         &mut self,
         key: &str,
         v: Option<String>,
         default: Duration,
         range: RangeInclusive<Duration>,
+        said: &str,
     ) -> Duration {
         match v.as_deref().map(parse_duration) {
             None => default,
             Some(Ok(d)) if range.contains(&d) => d,
             Some(Ok(_)) => {
-                self.key(
-                    key,
-                    format_args!("must be between {} and {}", words(*range.start()), words(*range.end())),
-                );
+                self.key(key, format_args!("must be between {said}"));
                 default
             }
             Some(Err(e)) => {
@@ -351,6 +356,7 @@ impl Config {
                     raw.video_query_interval,
                     Duration::from_secs(10),
                     Duration::from_secs(5)..=Duration::from_secs(60),
+                    "5s and 1m",
                 ),
             },
         };
@@ -546,17 +552,6 @@ fn host_names(p: &mut Problems, v: Option<Vec<String>>) -> Vec<String> {
         p.key("host_names", format_args!("{} names: at most {HOST_NAMES_MAX}", out.len()));
     }
     out
-}
-
-/// A duration as the configuration writes it: "100ms", "5s", "1m", "1h".
-fn words(d: Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
-        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
-        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
-        _ => format!("{ms}ms"),
-    }
 }
 
 /// "10s", "500ms", "2m", "1h".

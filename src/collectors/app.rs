@@ -82,12 +82,18 @@ impl State {
                 candidates.push(Pid::from(pid));
             }
         }
-        let kind = ProcessRefreshKind::nothing();
-        self.system.refresh_processes_specifics(ProcessesToUpdate::Some(&candidates), false, kind);
+        // The candidates in a System of their own, dropped after: only the
+        // pids chosen are kept between scrapes.
+        let mut probe = System::new().map_err(|e| Error::Failed(format!("processes: {e}")))?;
+        probe.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&candidates),
+            false,
+            ProcessRefreshKind::nothing(),
+        );
         for (name, pid) in names.iter().zip(self.pids.iter_mut()).filter(|(_, p)| p.is_none()) {
             *pid = candidates
                 .iter()
-                .filter_map(|p| self.system.process(*p))
+                .filter_map(|p| probe.process(*p))
                 .filter(|p| named(p, name))
                 .min_by_key(|p| (p.start_time(), p.pid()))
                 .map(Process::pid);

@@ -64,11 +64,10 @@ pub fn run(config: Config, announce: &Announce, user: Option<&crate::privilege::
     if let Some(user) = user {
         crate::privilege::drop_to(user)?;
     }
-    let ports: String =
-        state.listeners.iter().map(|l| format!("{} {}\n", l.role.label(), l.address())).collect();
+    let ports = || state.listeners.iter().map(|l| format!("{} {}\n", l.role.label(), l.address())).collect();
     let files = [
         ("pid file", announce.pidfile, format!("{}\n", std::process::id())),
-        ("ports file", announce.ports_file, ports),
+        ("ports file", announce.ports_file, announce.ports_file.map(|_| ports()).unwrap_or_default()),
     ];
     actix_web::rt::System::new().block_on(async move {
         for (what, path, text) in &files {
