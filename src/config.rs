@@ -48,6 +48,17 @@ pub struct Config {
     /// Process names of the device's app (as `comm` has them: 15 bytes).
     pub app_processes: Vec<String>,
     pub video: Video,
+    /// The device app's own `/metrics`, re-exposed in part.
+    pub app_metrics: AppMetrics,
+}
+
+/// The device app's own exposition (HTTP on loopback, no authentication).
+#[derive(Clone, Debug)]
+pub struct AppMetrics {
+    /// Where the app serves it; unset (an empty string): not asked.
+    pub address: Option<SocketAddr>,
+    /// Longest wait for its answer, connecting included (at most 1 s).
+    pub timeout: Duration,
 }
 
 /// The HDMI receiver.
@@ -60,6 +71,8 @@ pub struct Video {
     pub sleep_file: PathBuf,
     /// The receiver is asked at most this often.
     pub query_interval: Duration,
+    /// The capture node the app streams from while someone watches.
+    pub capture_device: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -157,6 +170,9 @@ struct Raw {
     video_driver: Option<String>,
     video_sleep_file: Option<PathBuf>,
     video_query_interval: Option<String>,
+    video_capture_device: Option<PathBuf>,
+    app_metrics_address: Option<String>,
+    app_metrics_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -358,6 +374,17 @@ impl Config {
                     Duration::from_secs(5)..=Duration::from_secs(60),
                     "5s and 1m",
                 ),
+                capture_device: p.path("video_capture_device", raw.video_capture_device, "/dev/video0"),
+            },
+            app_metrics: AppMetrics {
+                address: app_metrics_address(&mut p, raw.app_metrics_address),
+                timeout: p.duration_in(
+                    "app_metrics_timeout",
+                    raw.app_metrics_timeout,
+                    Duration::from_secs(1),
+                    Duration::from_millis(50)..=Duration::from_secs(1),
+                    "50ms and 1s",
+                ),
             },
         };
         p.finish(config)
@@ -524,6 +551,21 @@ fn app_processes(p: &mut Problems, v: Option<Vec<String>>) -> Vec<String> {
     out
 }
 
+/// The app's metrics address: on loopback only, since what it serves has
+/// no authentication of its own and is re-exposed behind ours.
+fn app_metrics_address(p: &mut Problems, v: Option<String>) -> Option<SocketAddr> {
+    match v.as_deref() {
+        Some("") => None,
+        _ => {
+            let addr = p.addr("app_metrics_address", v, "127.0.0.1:80");
+            if !addr.ip().is_loopback() {
+                p.key("app_metrics_address", format_args!("{addr} is not a loopback address"));
+            }
+            Some(addr)
+        }
+    }
+}
+
 /// The most `host_names`: a short list, whose every name costs a TLS
 /// context and series when the device issues certificates for it.
 pub const HOST_NAMES_MAX: usize = 16;
@@ -659,6 +701,9 @@ mod tests {
         assert_eq!((c.usb_gadget.as_str(), c.app_processes.len()), ("jetkvm", 2));
         assert_eq!((c.video.driver.as_str(), c.video.device.is_none()), ("tc35874x", true));
         assert_eq!(c.video.query_interval, Duration::from_secs(10));
+        assert_eq!(c.video.capture_device, PathBuf::from("/dev/video0"));
+        assert_eq!(c.app_metrics.address, Some("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(c.app_metrics.timeout, Duration::from_secs(1));
         for (text, why) in [
             ("video_query_interval = \"2s\"\n", "key \"video_query_interval\": must be between 5s and 1m"),
             ("video_query_interval = \"61s\"\n", "key \"video_query_interval\": must be between 5s and 1m"),
@@ -669,12 +714,25 @@ mod tests {
                 "key \"app_processes\": \"a-name-of-sixteen\" is not a process name",
             ),
             ("app_processes = [\"a\", \"a\"]\n", "key \"app_processes\": \"a\" is listed twice"),
+            (
+                "app_metrics_address = \"192.168.1.2:80\"\n",
+                "key \"app_metrics_address\": 192.168.1.2:80 is not a loopback address",
+            ),
+            ("app_metrics_timeout = \"2s\"\n", "key \"app_metrics_timeout\": must be between 50ms and 1s"),
+            (
+                "video_capture_device = \"video0\"\n",
+                "key \"video_capture_device\": \"video0\" is not an absolute path",
+            ),
         ] {
             let e = Config::parse(text, "c.toml").unwrap_err();
             assert!(e.len() == 1 && e[0].starts_with(&format!("config c.toml: {why}")), "{text}: {e:?}");
         }
         let c = Config::parse("video_device = \"/dev/video0\"\napp_processes = []\n", "c.toml").unwrap();
         assert_eq!((c.video.device.unwrap(), c.app_processes.len()), ("/dev/video0".into(), 0));
+        let c = Config::parse("app_metrics_address = \"\"\n", "c.toml").unwrap();
+        assert!(c.app_metrics.address.is_none());
+        let c = Config::parse("app_metrics_address = \"[::1]:8080\"\n", "c.toml").unwrap();
+        assert_eq!(c.app_metrics.address, Some("[::1]:8080".parse().unwrap()));
     }
 
     #[test]

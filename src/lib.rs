@@ -20,11 +20,13 @@
 //! - `wording`: I/O errors and dates as people read them
 
 pub mod auth;
+pub mod bridge;
 pub mod cli;
 pub mod collectors;
 pub mod config;
 pub mod crypto;
 pub mod device;
+pub mod holders;
 pub mod metrics;
 pub mod privilege;
 pub mod probe;

@@ -41,6 +41,11 @@ impl Families {
         self.family(name, help, kind).sample(&[], value);
     }
 
+    /// Families built elsewhere (the app's, re-exposed).
+    pub fn extend(&mut self, families: impl IntoIterator<Item = MetricFamily>) {
+        self.0.extend(families);
+    }
+
     pub fn into_vec(self) -> Vec<MetricFamily> {
         self.0
     }
@@ -54,17 +59,7 @@ pub struct Family<'a> {
 impl Family<'_> {
     pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
         let mut m = Metric::default();
-        m.set_label(
-            labels
-                .iter()
-                .map(|(k, v)| {
-                    let mut l = LabelPair::default();
-                    l.set_name((*k).to_owned());
-                    l.set_value((*v).to_owned());
-                    l
-                })
-                .collect(),
-        );
+        m.set_label(label_pairs(labels));
         match self.kind {
             Kind::Counter => {
                 let mut c = Counter::default();
@@ -80,6 +75,19 @@ impl Family<'_> {
         self.family.mut_metric().push(m);
         self
     }
+}
+
+/// Label pairs in the crate's model, in the order given.
+pub fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*k).to_owned());
+            l.set_value((*v).to_owned());
+            l
+        })
+        .collect()
 }
 
 /// The text exposition of `families`, in the order given.

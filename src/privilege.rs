@@ -13,12 +13,29 @@
 //! Not kept: `CAP_SYS_PTRACE`, although another process's open files
 //! (`/proc/PID/fd`, "is someone watching the capture node") need it: it
 //! lets its holder attach to any process, root's included, which is root
-//! itself. Sessions are to be counted from the device app's own metrics.
+//! itself. The one question that needs it is asked of a helper forked
+//! before the switch (`holders`): the same user, `CAP_SYS_PTRACE` and
+//! `CAP_DAC_READ_SEARCH` (another user's `/proc/PID/fd` is a `0500`
+//! directory: listing it takes both), no network, and a request of a few
+//! pids as all it reads.
 //! No `CAP_NET_BIND_SERVICE`: sockets are bound before the switch, and
 //! never again.
 
-/// `CAP_DAC_READ_SEARCH` (linux/capability.h).
-const CAP_DAC_READ_SEARCH: u32 = 2;
+/// A capability kept (linux/capability.h).
+#[derive(Clone, Copy, Debug)]
+pub enum Keep {
+    DacReadSearch = 2,
+    SysPtrace = 19,
+}
+
+impl Keep {
+    fn name(self) -> &'static str {
+        match self {
+            Keep::DacReadSearch => "CAP_DAC_READ_SEARCH",
+            Keep::SysPtrace => "CAP_SYS_PTRACE",
+        }
+    }
+}
 /// The capability set format of 64-bit sets (`_LINUX_CAPABILITY_VERSION_3`).
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
@@ -26,7 +43,7 @@ const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// the name (`id -u`, `id -g`): looking a name up here would link the C
 /// library's user database code, 53 KB of the static armv7 binary, for one
 /// lookup at start.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct User {
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -75,6 +92,12 @@ fn prctl(what: &str, option: libc::c_int, arg: libc::c_ulong) -> Result<(), Stri
     }
 }
 
+/// Whether this process runs as root (only root can switch user).
+pub fn is_root() -> bool {
+    // SAFETY: a plain getter.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Threads of this process: capability sets are per thread, so the switch
 /// must happen while there is one.
 fn threads() -> usize {
@@ -89,12 +112,12 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
-/// Becomes the user with only `CAP_DAC_READ_SEARCH`, in the effective and
-/// permitted sets and the bounding set, none inheritable or ambient, and
-/// `no_new_privs`: no exec can give any back. Already that user (started
-/// unprivileged as it): nothing to do. Fails, and the daemon with it,
-/// rather than run on with more than that.
-pub fn drop_to(user: &User) -> Result<(), String> {
+/// Becomes the user with only `keep` (the daemon: `CAP_DAC_READ_SEARCH`),
+/// in the effective and permitted sets and the bounding set, none
+/// inheritable or ambient, and `no_new_privs`: no exec can give any back.
+/// Already that user (started unprivileged as it): nothing to do. Fails,
+/// and the daemon with it, rather than run on with more than that.
+pub fn drop_to(user: &User, keep: &[Keep]) -> Result<(), String> {
     // SAFETY: plain getters.
     let (euid, uid) = unsafe { (libc::geteuid(), libc::getuid()) };
     if euid != 0 {
@@ -107,7 +130,7 @@ pub fn drop_to(user: &User) -> Result<(), String> {
     if threads() != 1 {
         return Err(format!("--user {}:{}: threads already running; nothing switched", user.uid, user.gid));
     }
-    for cap in (0..=last_cap()).filter(|c| *c != CAP_DAC_READ_SEARCH) {
+    for cap in (0..=last_cap()).filter(|c| !keep.iter().any(|k| *k as u32 == *c)) {
         // EINVAL: a capability this kernel does not have.
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
@@ -129,8 +152,8 @@ pub fn drop_to(user: &User) -> Result<(), String> {
         }
     }
     let header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
-    let keep = 1u32 << CAP_DAC_READ_SEARCH;
-    let data = [CapData { effective: keep, permitted: keep, inheritable: 0 }, CapData::default()];
+    let set = keep.iter().fold(0u32, |set, k| set | 1 << *k as u32);
+    let data = [CapData { effective: set, permitted: set, inheritable: 0 }, CapData::default()];
     // SAFETY: the header and two data words of version 3, as capset reads.
     if unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) } != 0 {
         return Err(os_err("capset"));
@@ -143,6 +166,7 @@ pub fn drop_to(user: &User) -> Result<(), String> {
     if unsafe { libc::setuid(0) } == 0 || unsafe { libc::geteuid() } != user.uid {
         return Err(format!("--user {}:{}: root could be regained", user.uid, user.gid));
     }
-    log::info!("running as uid {} gid {}, keeping CAP_DAC_READ_SEARCH only", user.uid, user.gid);
+    let names: Vec<&str> = keep.iter().map(|k| k.name()).collect();
+    log::info!("running as uid {} gid {}, keeping {} only", user.uid, user.gid, names.join(" and "));
     Ok(())
 }

@@ -11,7 +11,7 @@
 //! process's can lag by a few pages per thread, and the exact figure
 //! (`smaps_rollup`) needs ptrace access to the app.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System};
@@ -19,9 +19,17 @@ use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System};
 use super::collector::{Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
-pub struct App {
-    names: Vec<String>,
-    state: Mutex<State>,
+pub struct App(Found);
+
+/// The app's processes as found, shared with the `video_streaming`
+/// collector: whichever of the two runs first in a scrape brings them up to
+/// date, the other reads them.
+#[derive(Clone)]
+pub struct Found {
+    names: Arc<[String]>,
+    state: Arc<Mutex<State>>,
+    /// 0 for the `app` collector, 1 for `video_streaming`.
+    reader: usize,
 }
 
 struct State {
@@ -31,6 +39,9 @@ struct State {
     pids: Vec<Option<Pid>>,
     /// The last pid created as of the last walk of `/proc`, and when.
     walked: Option<(u64, Instant)>,
+    /// Scrapes each reader has been through: a reader not ahead of the
+    /// other is the first of its scrape.
+    rounds: [u64; 2],
 }
 
 /// While a name has no process, `/proc` is walked at most this often.
@@ -59,7 +70,43 @@ impl App {
     pub fn new(names: Vec<String>) -> std::result::Result<Self, String> {
         let system = System::new().map_err(|e| format!("app: {e}"))?;
         let pids = vec![None; names.len()];
-        Ok(App { names, state: Mutex::new(State { system, pids, walked: None }) })
+        let state = State { system, pids, walked: None, rounds: [0; 2] };
+        Ok(App(Found { names: names.into(), state: Arc::new(Mutex::new(state)), reader: 0 }))
+    }
+
+    /// The processes found, for the `video_streaming` collector.
+    pub fn found(&self) -> Found {
+        Found { reader: 1, ..self.0.clone() }
+    }
+}
+
+impl Found {
+    /// The state, its pids up to date: brought up to date by the first
+    /// reader of a scrape (the registry runs every collector once a scrape).
+    fn current(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let first = s.rounds[self.reader] >= s.rounds[1 - self.reader];
+        s.rounds[self.reader] += 1;
+        if !first {
+            return Ok(s);
+        }
+        let lost = s.refresh(&self.names);
+        if s.pids.iter().any(Option::is_none) {
+            // No process created since the last walk: none can have the
+            // missing names now.
+            let newest = std::fs::read_to_string("/proc/loadavg").ok().as_deref().and_then(last_pid);
+            if s.walk_due(lost, newest) {
+                s.find(&self.names)?;
+                s.walked = newest.map(|n| (n, Instant::now()));
+                s.refresh(&self.names);
+            }
+        }
+        Ok(s)
+    }
+
+    /// The pids of the app's running processes.
+    pub fn pids(&self) -> Result<Vec<u32>> {
+        Ok(self.current()?.pids.iter().flatten().map(|p| p.as_u32()).collect())
     }
 }
 
@@ -132,19 +179,9 @@ impl Collector for App {
     }
 
     fn update(&self, out: &mut Families) -> Result<()> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let lost = s.refresh(&self.names);
-        if s.pids.iter().any(Option::is_none) {
-            // No process created since the last walk: none can have the
-            // missing names now.
-            let newest = std::fs::read_to_string("/proc/loadavg").ok().as_deref().and_then(last_pid);
-            if s.walk_due(lost, newest) {
-                s.find(&self.names)?;
-                s.walked = newest.map(|n| (n, Instant::now()));
-                s.refresh(&self.names);
-            }
-        }
+        let s = self.0.current()?;
         let procs: Vec<(&str, Option<&Process>)> = self
+            .0
             .names
             .iter()
             .zip(&s.pids)

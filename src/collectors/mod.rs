@@ -10,6 +10,7 @@
 //! that are pure functions on text, tested on inline input and fixtures.
 
 use crate::config::Config;
+use crate::holders::Holders;
 
 mod app;
 mod collector;
@@ -24,6 +25,7 @@ mod netdev;
 mod process;
 mod rtc;
 mod sock_diag;
+mod streaming;
 mod tcp;
 mod thermal;
 mod time;
@@ -42,7 +44,13 @@ pub mod parsers {
 }
 
 /// Registers every enabled collector in `registry`, in a fixed order.
-pub fn register(config: &Config, registry: &prometheus::Registry) -> prometheus::Result<()> {
+/// `holders` answers who holds the capture node open (the privileged helper
+/// when the daemon switches user; else read here).
+pub fn register(
+    config: &Config,
+    registry: &prometheus::Registry,
+    holders: Option<Holders>,
+) -> prometheus::Result<()> {
     let procfs = config.proc_root.clone();
     let sysfs = config.sys_root.clone();
     let gadget = sysfs.join("kernel/config/usb_gadget").join(&config.usb_gadget);
@@ -75,7 +83,14 @@ pub fn register(config: &Config, registry: &prometheus::Registry) -> prometheus:
     }
     if !config.app_processes.is_empty() {
         let app = app::App::new(config.app_processes.clone()).map_err(prometheus::Error::Msg)?;
+        let capture = config.video.capture_device.clone();
+        let holders = holders.unwrap_or_else(|| Holders::Direct {
+            names: config.app_processes.clone(),
+            capture: capture.clone(),
+        });
+        let streaming = streaming::Streaming::new(app.found(), holders, capture);
         register_one(registry, Box::new(app))?;
+        register_one(registry, Box::new(streaming))?;
     }
     Ok(())
 }

@@ -59,10 +59,17 @@ pub struct Announce<'a> {
 /// Runs the daemon until SIGTERM or SIGINT. With `user`, the daemon becomes
 /// it once bound, before any thread starts (`privilege`).
 pub fn run(config: Config, announce: &Announce, user: Option<&crate::privilege::User>) -> Result<(), String> {
-    let state = State::new(config)?;
+    // The open-files helper is forked first, with the least inherited.
+    let holders = match user {
+        Some(u) if crate::privilege::is_root() && !config.app_processes.is_empty() => Some(
+            crate::holders::spawn(*u, config.app_processes.clone(), config.video.capture_device.clone())?,
+        ),
+        _ => None,
+    };
+    let state = State::new(config, holders)?;
     let sockets = bind(&state)?;
     if let Some(user) = user {
-        crate::privilege::drop_to(user)?;
+        crate::privilege::drop_to(user, &[crate::privilege::Keep::DacReadSearch])?;
     }
     let ports = || state.listeners.iter().map(|l| format!("{} {}\n", l.role.label(), l.address())).collect();
     let files = [

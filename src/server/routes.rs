@@ -171,9 +171,13 @@ async fn moved(state: web::Data<State>) -> HttpResponse {
     text(StatusCode::NOT_FOUND, format!("metrics are served by the metrics service on port {port}\n"))
 }
 
-/// A scrape: the registry gathered (every collector, the exporter's own
+/// A scrape: the device app asked for its metrics first (within its
+/// deadline), then the registry gathered (every collector, the exporter's own
 /// state and counters) and encoded; gzip is the `Compress` middleware's.
 async fn scrape(state: web::Data<State>) -> HttpResponse {
+    if let Some(bridge) = &state.bridge {
+        bridge.refresh().await;
+    }
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -9,8 +9,10 @@ use super::exporter::Exporter;
 use super::listener::{Listener, Role};
 use super::loglimit::LogLimiter;
 use crate::auth::Authenticator;
+use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::device::DeviceState;
+use crate::holders::Holders;
 use crate::telemetry::Telemetry;
 use crate::tls::{self, device::Following};
 
@@ -20,6 +22,8 @@ pub struct State {
     pub auth: Authenticator,
     /// The collectors and the daemon's own counters.
     pub registry: prometheus::Registry,
+    /// The device app's metrics, asked for before each gathering.
+    pub bridge: Option<Arc<Bridge>>,
     pub telemetry: Telemetry,
     pub listeners: Vec<Arc<Listener>>,
     pub refusal_log: LogLimiter,
@@ -28,7 +32,7 @@ pub struct State {
 impl State {
     /// Builds the state and the listeners' TLS; fails if a certificate or
     /// key cannot be used (never falls back to plaintext).
-    pub fn new(config: Config) -> Result<Arc<State>, String> {
+    pub fn new(config: Config, holders: Option<Holders>) -> Result<Arc<State>, String> {
         let device = Arc::new(DeviceState::new(config.device_config.clone()));
         let mut listeners = vec![Arc::new(Listener {
             role: Role::General,
@@ -59,13 +63,19 @@ impl State {
         let auth = Authenticator::new(&config, device.clone());
         let registry = prometheus::Registry::new();
         let exporter = Exporter { listeners: listeners.clone(), device, tokens: auth.tokens().clone() };
-        crate::collectors::register(&config, &registry)
+        let bridge = Bridge::new(&config.app_metrics);
+        crate::collectors::register(&config, &registry, holders)
+            .and_then(|()| match &bridge {
+                Some(b) => crate::collectors::register_one(&registry, b.collector()),
+                None => Ok(()),
+            })
             .and_then(|()| crate::collectors::register_one(&registry, Box::new(exporter)))
             .map_err(|e| format!("metrics: {e}"))?;
         Ok(Arc::new(State {
             auth,
             telemetry: Telemetry::new(&registry).map_err(|e| format!("metrics: {e}"))?,
             registry,
+            bridge,
             refusal_log: LogLimiter::new(20, Duration::from_secs(60)),
             listeners,
             config,

@@ -12,7 +12,12 @@ turns the device's TLS on and off (the general port follows it), checks that
 the system log stays bounded under a flood of refusals, enables
 the mTLS metrics service and restarts the daemon through its init script,
 checks that the init script says FAIL when the daemon cannot start and OK
-when /var/log cannot be written, and shuts the board down cleanly.
+when /var/log cannot be written, reads the KVM's own state from real kernel
+drivers on the test disk (vivid, dummy_hcd, a gadget, a stand-in app that
+streams, and the open-files helper's privileges), re-exposes an exposition
+shaped like the app's served by BusyBox httpd, cuts and restores the board's
+network link through QEMU's QMP socket and checks the carrier metrics, and
+shuts the board down cleanly.
 
 usage: tests/e2e/board.py [--keep]
 On failure the board's console log is copied to out/artifacts/.
@@ -33,8 +38,8 @@ import urllib.request
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lib import (  # noqa: E402  (next to this file)
-    ROOT, Board, Prometheus, basic, check, device_certificates, device_hash, finish, free_port,
-    http_status, https_status, run_phases, until,
+    GADGET, ROOT, TEST_DRIVERS, Board, Prometheus, basic, check, device_certificates, device_hash,
+    app_metrics as app_exposition, finish, free_port, http_status, https_status, run_phases, until,
 )
 
 
@@ -287,18 +292,6 @@ def init_script(c):
 
 # The device's gadget, on dummy_hcd's controller: keyboard, absolute and
 # relative mouse (a minimal report descriptor each), mass storage.
-GADGET = " && ".join([
-    "G=/sys/kernel/config/usb_gadget/jetkvm",
-    "mount -t configfs none /sys/kernel/config",
-    "mkdir -p $G/configs/c.1 $G/functions/hid.usb0 $G/functions/hid.usb1 $G/functions/hid.usb2 $G/functions/mass_storage.usb0",
-    "echo 0x1d6b > $G/idVendor",
-    "echo 0x0104 > $G/idProduct",
-    "for h in 0 1 2; do echo 1 > $G/functions/hid.usb$h/protocol; echo 8 > $G/functions/hid.usb$h/report_length;"
-    " printf '\\x05\\x01\\x09\\x06\\xa1\\x01\\xc0' > $G/functions/hid.usb$h/report_desc; done",
-    "for f in hid.usb0 hid.usb1 hid.usb2 mass_storage.usb0; do ln -s $G/functions/$f $G/configs/c.1/$f; done",
-    "echo 1 > $G/functions/mass_storage.usb0/lun.0/removable",
-    "echo dummy_udc.0 > $G/UDC",
-])
 
 
 def kvm_state(c):
@@ -306,9 +299,7 @@ def kvm_state(c):
     HDMI input through its signal modes and timings, a gadget shaped like the
     device's on dummy_hcd, virtual media, unbinding, the RTC, the app."""
     board, prom = c.board, c.prom
-    board.sh("mkdir -p /tmp/t && mount -o ro $(findfs LABEL=kvmtest) /tmp/t && mount --bind /tmp/t/lib/modules /lib/modules"
-             " && modprobe vivid num_inputs=1 input_types=3 n_devs=1 && modprobe dummy_hcd"
-             " && modprobe usb_f_hid && modprobe usb_f_mass_storage", timeout=90)
+    board.sh(TEST_DRIVERS, timeout=90)
     board.sh(GADGET, timeout=60)
     cfg = "/userdata/jetkvm/metrics/config.toml"
     board.sh(f"cp {cfg} /tmp/config.kvm && {{ printf 'video_driver = \"vivid-000-vid-cap\"\\nvideo_query_interval = \"5s\"\\n';"
@@ -362,11 +353,98 @@ def kvm_state(c):
     board.sh("date -s @$(( $(date +%s) - 120 )) >/dev/null")
     check("board: the system clock 2 minutes ahead of the RTC shows", offset and 115 <= offset <= 125, str(offset))
     check("board: the device's app down", value('jetkvm_app_up{process="jetkvm_app"}') == 0)
+    # The daemon asks the same node every 5 s: its own descriptor never counts.
+    check("board: nobody streams while the app is down, though the daemon queries the node",
+          value("jetkvm_video_streaming") == 0 and value('jetkvm_scrape_collector_success{collector="video_streaming"}') == 1)
     board.sh("cp /tmp/t/bin/dv-signal /tmp/jetkvm_app && (/tmp/jetkvm_app /dev/video0 hold 600 >/dev/null 2>&1 &)")
     check("board: a stand-in for the device's app up, with its start time",
           until("app up", lambda: value('jetkvm_app_up{process="jetkvm_app"}') == 1, 30)
           and value('jetkvm_app_start_time_seconds{process="jetkvm_app"}') is not None)
+    check("board: the app's stand-in holding the capture node open streams",
+          until("streaming", lambda: value("jetkvm_video_streaming") == 1, 30))
+    open_files_helper(board)
     board.sh(f"kill $(pidof jetkvm_app); cp /tmp/config.kvm {cfg} && /etc/init.d/S95jetkvm-metrics restart", timeout=60)
+
+
+def open_files_helper(board):
+    """The one process with CAP_SYS_PTRACE: the daemon's child, its user,
+    that capability and CAP_DAC_READ_SEARCH alone, no_new_privs, and no
+    descriptor but its socket and the standard streams."""
+    daemon = board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid").strip()
+    pids = board.sh("pidof jkm-openfiles").split()
+    status = board.sh(f"grep -E '^(PPid|Uid|Cap...|NoNewPrivs):' /proc/{pids[0]}/status") if len(pids) == 1 else ""
+    fields = {k: v.split() for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)}
+    uid = board.sh("grep '^jetkvm-metrics:' /etc/passwd | cut -d: -f3").strip()
+    check("board: one open-files helper, the daemon's child, as jetkvm-metrics with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
+          fields.get("PPid") == [daemon] and fields.get("Uid") == [uid] * 4
+          and all(fields.get(cap) == ["0000000000080004"] for cap in ("CapEff", "CapPrm", "CapBnd"))
+          and all(fields.get(cap) == ["0000000000000000"] for cap in ("CapInh", "CapAmb"))
+          and fields.get("NoNewPrivs") == ["1"], f"{pids} {status}")
+    fds = board.sh(f"ls -l /proc/{pids[0]}/fd | grep -c socket:; ls /proc/{pids[0]}/fd | wc -l").split() if pids else []
+    check("board: the helper holds its one socket and standard streams, no listener", fds == ["1", "4"], repr(fds))
+
+
+
+
+def app_metrics(c):
+    """The device app's own metrics, re-exposed: BusyBox httpd on the
+    app's port serves an exposition shaped like the app's; the daemon merges
+    its 120 clients away; the app silent reports success 0."""
+    board, prom = c.board, c.prom
+
+    def value(q):
+        return prom.value(q.replace("{", '{job="mtls",', 1) if "{" in q else q + '{job="mtls"}')
+
+    ok = 'jetkvm_scrape_collector_success{collector="app_metrics"}'
+    check("board: the app's metrics: nothing on port 80, success 0", until("app metrics absent", lambda: value(ok) == 0, 60))
+    board.sh(app_exposition(120), timeout=60)
+    board.sh("httpd -p 127.0.0.1:80 -h /tmp/app")
+    check("board: the app's metrics through BusyBox httpd: success 1", until("app metrics", lambda: value(ok) == 1, 60))
+    check("board: 120 clients merged into one counter and one histogram, sums kept",
+          value('jetkvm_connection_ping_sent_total{type="local"}') == 7260
+          and prom.value('count(jetkvm_connection_ping_sent_total{job="mtls"})') == 1
+          and value('jetkvm_connection_ping_duration_seconds_bucket{type="local",le="0.1"}') == 120
+          and value('jetkvm_connection_ping_duration_seconds_count{type="local"}') == 120
+          and prom.value('count({job="mtls",source=~"10.*"})') is None)
+    check("board: the app's build info renamed, its cloud, time sync and DC families, no Go runtime",
+          value('jetkvm_app_build_info{version="0.4.8"}') == 1 and value("jetkvm_cloud_connection_status") == 1
+          and value("jetkvm_timesync_status") == 1 and value("jetkvm_dc_power_watts") == 12.5
+          and value("go_goroutines") is None)
+    board.sh("kill $(pidof httpd)")
+    check("board: the app silent again: success 0, its families gone",
+          until("app metrics gone", lambda: value(ok) == 0, 60) and value("jetkvm_timesync_status") is None)
+
+
+def network_link(c):
+    """QEMU unplugs and replugs the board's cable (set_link on its QMP
+    socket): the kernel loses the carrier and gets it back, the forwarded
+    ports follow, and the scrape after counts both changes."""
+    board, prom = c.board, c.prom
+    carrier, up = 'jetkvm_network_carrier{device="eth0"}', 'jetkvm_network_up{device="eth0"}'
+    changes = 'jetkvm_network_carrier_changes_total{device="eth0"}'
+    before = until("a scrape of the metrics service", board.scrape_mtls, 30)
+    check("board: eth0 up with a carrier, its carrier changes counted",
+          before.get(carrier) == 1 and before.get(up) == 1 and changes in before,
+          f"{before.get(carrier)} {before.get(up)} {before.get(changes)}")
+    # While the cable is out the forwards are cut too: only the console reaches the board.
+    flap = board.flap_link()
+    check("board: cable out: eth0 carrier 0, operstate down (console)", flap["out"] == "0 down", repr(flap["out"]))
+    check("board: cable out: the forwarded port does not answer", flap["port_out"] is None, str(flap["port_out"]))
+    check("board: cable in: eth0 carrier 1, operstate up (console)", flap["in"] == "1 up", repr(flap["in"]))
+    check("board: cable in: the forwarded port answers again", flap["port_in"] == 200, str(flap["port_in"]))
+    print(f"board: carrier lost {flap['out_seconds']:.1f}s after set_link off; back {flap['in_seconds']:.1f}s and "
+          f"the forwarded port answering {flap['port_seconds']:.1f}s after set_link on", flush=True)
+    after = board.scrape_mtls()
+    info = [k for k, v in after.items() if k.startswith('jetkvm_network_info{device="eth0",') and v == 1]
+    check("board: scraped after: carrier 1, operstate up",
+          after.get(carrier) == 1 and after.get(up) == 1 and len(info) == 1 and 'operstate="up"' in info[0],
+          f"{after.get(carrier)} {after.get(up)} {info}")
+    grew = after.get(changes, 0) - before.get(changes, 0)
+    check("board: scraped after: carrier changes grew by at least 2", grew >= 2, f"{before.get(changes)} -> {after.get(changes)}")
+    q = 'jetkvm_network_carrier_changes_total{job="mtls",device="eth0"}'
+    seen = until("Prometheus scraping the changes", lambda: (v := prom.value(q)) is not None and v >= after.get(changes, 0) and v, 60)
+    check("prometheus: mTLS job up again after the flap, with the changes",
+          seen - before.get(changes, 0) >= 2 and prom.up("mtls") == 1, str(seen))
 
 
 def shutdown(c):
@@ -391,6 +469,8 @@ PHASES = [
     ("mTLS service", mtls_service),
     ("init script", init_script),
     ("the KVM's own state", kvm_state),
+    ("the device app's own metrics", app_metrics),
+    ("the network link through QMP", network_link),
     ("shutdown", shutdown),
 ]
 

@@ -160,6 +160,34 @@ def rss_kib(pid):
         return next(int(line.split()[1]) for line in f if line.startswith("Rss:"))
 
 
+def qmp(path, command, **arguments):
+    """Runs one command on QEMU's QMP socket at `path` (the greeting, then
+    qmp_capabilities, then the command) and returns its "return"; raises on
+    an "error" or a closed socket. Events in between are skipped."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        replies = s.makefile("r", encoding="utf-8")
+
+        def reply():
+            while True:
+                line = replies.readline()
+                if not line:
+                    raise AssertionError(f"QMP {path}: closed")
+                msg = json.loads(line)
+                if "event" not in msg:
+                    return msg
+
+        if "QMP" not in reply():
+            raise AssertionError(f"QMP {path}: no greeting")
+        for name, args in (("qmp_capabilities", {}), (command, arguments)):
+            s.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
+            msg = reply()
+            if "error" in msg or "return" not in msg:
+                raise AssertionError(f"QMP {name} {args}: {msg.get('error', msg)}")
+        return msg["return"]
+
+
 def basic(password):
     return {"Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()}
 
@@ -190,6 +218,70 @@ class Board:
     def qemu_pid(self):
         with open(f"{self.state}/qemu.pid") as f:
             return int(f.read())
+
+    def set_link(self, up):
+        """Plugs or unplugs the board's cable: QEMU's set_link on its NIC
+        (netdev net0), through STATE/qmp.sock."""
+        qmp(f"{self.state}/qmp.sock", "set_link", name="net0", up=up)
+
+    def link(self):
+        """eth0's carrier and operstate read on the console, e.g. "1 up"
+        (the carrier is empty where the kernel refuses it)."""
+        return self.sh('echo "$(cat /sys/class/net/eth0/carrier 2>/dev/null) $(cat /sys/class/net/eth0/operstate)"').strip("\n")
+
+    def healthz(self, timeout=3):
+        """The status of /healthz through the forwarded general port, or
+        None if nothing answers within `timeout` seconds."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/healthz", timeout=timeout) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return None
+
+    def flap_link(self, timeout=30):
+        """The cable out, then in again: set_link off, the console read until
+        eth0 says "0 down" (or `timeout` seconds), the forwarded general port
+        tried once; set_link on, the console read until "1 up", the port
+        tried until it answers. What was seen, for the caller to check, and
+        when (seconds after each set_link)."""
+        def settle(want):
+            end = time.monotonic() + timeout
+            while (seen := self.link()) != want and time.monotonic() < end:
+                time.sleep(0.2)
+            return seen, time.monotonic() - start
+
+        seen = {}
+        self.set_link(False)
+        start = time.monotonic()
+        seen["out"], seen["out_seconds"] = settle("0 down")
+        seen["port_out"] = self.healthz(timeout=3)
+        self.set_link(True)
+        start = time.monotonic()
+        seen["in"], seen["in_seconds"] = settle("1 up")
+        while (status := self.healthz()) != 200 and time.monotonic() < start + 2 * timeout:
+            time.sleep(0.2)
+        seen["port_in"], seen["port_seconds"] = status, time.monotonic() - start
+        return seen
+
+    def scrape_mtls(self):
+        """One scrape of the metrics service with Prometheus' client
+        certificate: {series as the daemon writes it: value}."""
+        s = f"{self.state}/secrets"
+        ctx = ssl.create_default_context(cafile=f"{s}/board-ca.pem")
+        ctx.load_cert_chain(f"{s}/client.crt", f"{s}/client.key")
+        with socket.create_connection(("127.0.0.1", self.metrics), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="jetkvm.local") as tls:
+                conn = http.client.HTTPConnection("jetkvm.local")
+                conn.sock = tls
+                conn.request("GET", "/metrics")
+                r = conn.getresponse()
+                status, body = r.status, r.read().decode()
+        if status != 200:
+            raise AssertionError(f"mTLS scrape: HTTP {status}")
+        series = (line.rpartition(" ") for line in body.splitlines() if line and not line.startswith("#"))
+        return {name: float(value) for name, _, value in series}
 
 
 class Prometheus:
@@ -248,3 +340,59 @@ scrape_configs:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+# The KVM's own state on the board, shared by the end-to-end test and the
+# benchmark: the test disk's drivers loaded (vivid with one HDMI input,
+# dummy_hcd, the gadget functions), a gadget shaped like the device's bound
+# to dummy_udc.0, and an exposition shaped like the device app's.
+TEST_DRIVERS = ("mkdir -p /tmp/t && mount -o ro $(findfs LABEL=kvmtest) /tmp/t && mount --bind /tmp/t/lib/modules /lib/modules"
+                " && modprobe vivid num_inputs=1 input_types=3 n_devs=1 && modprobe dummy_hcd"
+                " && modprobe usb_f_hid && modprobe usb_f_mass_storage")
+
+GADGET = " && ".join([
+    "G=/sys/kernel/config/usb_gadget/jetkvm",
+    "mount -t configfs none /sys/kernel/config",
+    "mkdir -p $G/configs/c.1 $G/functions/hid.usb0 $G/functions/hid.usb1 $G/functions/hid.usb2 $G/functions/mass_storage.usb0",
+    "echo 0x1d6b > $G/idVendor",
+    "echo 0x0104 > $G/idProduct",
+    "for h in 0 1 2; do echo 1 > $G/functions/hid.usb$h/protocol; echo 8 > $G/functions/hid.usb$h/report_length;"
+    " printf '\\x05\\x01\\x09\\x06\\xa1\\x01\\xc0' > $G/functions/hid.usb$h/report_desc; done",
+    "for f in hid.usb0 hid.usb1 hid.usb2 mass_storage.usb0; do ln -s $G/functions/$f $G/configs/c.1/$f; done",
+    "echo 1 > $G/functions/mass_storage.usb0/lun.0/removable",
+    "echo dummy_udc.0 > $G/UDC",
+])
+
+
+# An exposition shaped like the device app's: its build info, cloud, time
+# sync and DC families, SOURCES clients (`source`) on a counter and a
+# histogram, and a Go runtime's families (which must not come through) as
+# the app's Go client writes them.
+def app_metrics(sources):
+    """A shell command that writes it to /tmp/app/metrics."""
+    go = "".join(f"echo '# TYPE go_memstats_{m}_bytes gauge'; echo 'go_memstats_{m}_bytes {n}'\n"
+                 for n, m in enumerate(["alloc", "buck_hash_sys", "gc_sys", "heap_alloc", "heap_idle", "heap_inuse",
+                                        "heap_released", "heap_sys", "mcache_inuse", "mcache_sys", "mspan_inuse",
+                                        "mspan_sys", "next_gc", "other_sys", "stack_inuse", "stack_sys", "sys"]))
+    return r"""mkdir -p /tmp/app && {
+echo '# HELP go_gc_duration_seconds A summary of the pause duration of garbage collection cycles.'
+echo '# TYPE go_gc_duration_seconds summary'
+for q in 0 0.25 0.5 0.75 1; do echo "go_gc_duration_seconds{quantile=\"$q\"} 0.0001"; done
+echo 'go_gc_duration_seconds_sum 0.06'; echo 'go_gc_duration_seconds_count 312'
+echo '# TYPE go_goroutines gauge'; echo 'go_goroutines 40'
+""" + go + r"""echo '# HELP jetkvm_build_info The app build info.'; echo '# TYPE jetkvm_build_info gauge'
+echo 'jetkvm_build_info{version="0.4.8",revision="0c6d4a5"} 1'
+echo '# TYPE jetkvm_cloud_connection_status gauge'; echo 'jetkvm_cloud_connection_status 1'
+echo '# TYPE jetkvm_connection_ping_sent_total counter'
+i=1; while [ $i -le N ]; do echo "jetkvm_connection_ping_sent_total{source=\"10.0.0.$i\",type=\"local\"} $i"; i=$((i+1)); done
+echo '# TYPE jetkvm_connection_ping_duration_seconds histogram'
+i=1; while [ $i -le N ]; do for le in 0.1 1 +Inf; do
+echo "jetkvm_connection_ping_duration_seconds_bucket{source=\"10.0.0.$i\",type=\"local\",le=\"$le\"} 1"; done
+echo "jetkvm_connection_ping_duration_seconds_sum{source=\"10.0.0.$i\",type=\"local\"} 0.05"
+echo "jetkvm_connection_ping_duration_seconds_count{source=\"10.0.0.$i\",type=\"local\"} 1"; i=$((i+1)); done
+echo '# TYPE jetkvm_timesync_status gauge'; echo 'jetkvm_timesync_status 1'
+echo '# TYPE jetkvm_dc_power_watts gauge'; echo 'jetkvm_dc_power_watts 12.5'
+echo '# TYPE process_open_fds gauge'; echo 'process_open_fds 31'
+echo '# TYPE promhttp_metric_handler_requests_total counter'
+echo 'promhttp_metric_handler_requests_total{code="200"} 1234'
+} > /tmp/app/metrics""".replace("-le N", f"-le {sources}")

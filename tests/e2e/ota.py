@@ -25,7 +25,9 @@ one forwarded address. Checks that:
      nodes in the tar, a running slot not yet confirmed, a lock held;
   4. in no-password mode, power is cut while N+2 is being written: the same
      disk powered on again runs N+1, confirmed, with the half-written slot
-     unbootable; N+2 then installs cleanly and is confirmed;
+     unbootable; N+2 then installs cleanly and is confirmed; its cable taken
+     out and put back through QEMU's QMP socket (set_link), the console sees
+     the carrier go and come back and the forwarded port answers again;
   5. N+3, applied from a directory anyone could write to and swapped there
      after it was copied, boots, is never confirmed, runs out of tries, and
      the board is back on N+2 serving metrics, the update log saying why.
@@ -727,7 +729,8 @@ def power_cut(c):
 
 
 def clean_install(c):
-    """N+2 installed cleanly after the power cut."""
+    """N+2 installed cleanly after the power cut; the cable out and in again
+    through the QMP socket of the QEMU the bootloader started."""
     board, prom = c.board, c.prom
     n, n1, n2, n3 = c.versions
     booted = len(board.bootloader_lines())
@@ -739,6 +742,13 @@ def clean_install(c):
     check("no-password mode: N+2 installed cleanly after the power cut and confirmed", "running slot: a" in status, status)
     check("no-password mode: confirmed by the probe without a credential",
           re.search(rf"slot a \({re.escape(n2)}\) confirmed after \d+s: listen_addr 10\.0\.2\.15:3080 \(http\)", board.ota_log()), board.ota_log())
+    # The QMP socket is the same path whichever boot is running.
+    flap = board.flap_link()
+    check("board: cable out through QMP after the reboots: carrier 0 on the console, the forwarded port cut",
+          flap["out"] == "0 down" and flap["port_out"] is None, str(flap))
+    check("board: cable in: carrier 1 on the console, the forwarded port answers again",
+          flap["in"] == "1 up" and flap["port_in"] == 200, str(flap))
+    until("Prometheus scraping the board again after the flap", lambda: prom.up("token") == 1, UP_BOUND)
 
 
 def rollback(c):

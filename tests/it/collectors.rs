@@ -43,6 +43,7 @@ fn stable(text: &str) -> String {
     text.lines()
         .filter(|l| {
             !(l.starts_with("jetkvm_scrape_collector_duration_seconds{")
+                || l.starts_with("jetkvm_app_metrics_fetch_duration_seconds ")
                 || l.starts_with("process_")
                 || l.starts_with("# HELP process_")
                 || l.starts_with("# TYPE process_")
@@ -64,7 +65,8 @@ fn stable(text: &str) -> String {
 
 #[test]
 fn fixture_tree_matches_the_golden_exposition() {
-    let d = Daemon::start(&fixture_config(""), Some(&no_password_mode()));
+    let app = AppServer::text(&std::fs::read(fixtures().join("app/metrics")).unwrap());
+    let d = Daemon::start(&fixture_config(&app.key()), Some(&no_password_mode()));
     let text = d.get("/metrics", &[]).text();
     let got = stable(&text);
     let golden_path = fixtures().join("metrics.golden");

@@ -3,6 +3,9 @@
 
 mod util;
 
+/// The device app's own metrics re-exposed: merged, bounded, and an app that
+/// is down, silent or hostile; whether it streams video.
+mod app_metrics;
 /// Every way `/metrics` is allowed or refused, from the device's auth state.
 mod auth;
 /// Headless Chromium with the device's session cookie.

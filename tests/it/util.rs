@@ -112,6 +112,15 @@ impl Daemon {
             std::fs::create_dir_all(dir.path("tls")).unwrap();
             roots.push_str(&format!("device_tls_dir = \"{}\"\n", dir.path("tls").display()));
         }
+        // The device app's metrics only where a test serves them (this
+        // machine's port 80 is not the app's); its capture node a device
+        // every machine has, that no process of the app holds.
+        if !extra.contains("app_metrics_address") {
+            roots.push_str("app_metrics_address = \"\"\n");
+        }
+        if !extra.contains("video_capture_device") {
+            roots.push_str("video_capture_device = \"/dev/null\"\n");
+        }
         let listen = if extra.contains("listen_addr") { "" } else { "listen_addr = \"127.0.0.1:0\"\n" };
         let config = format!(
             "{listen}device_config = \"{}\"\ntoken_file = \"{}\"\n{filesystems}{roots}{extra}",
@@ -726,5 +735,61 @@ pub fn assert_wiped(pid: u32, held: &str, s: &PresentedSecrets) {
         }
         assert!(Instant::now() < end, "still in memory: {found:?}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A stand-in for the device app's `/metrics` on loopback: it answers every
+/// connection with the same bytes (head included) once it has read the
+/// request head, or, without an answer, holds the connection and says
+/// nothing. It keeps the request heads it read.
+pub struct AppServer {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl AppServer {
+    pub fn start(answer: Option<Vec<u8>>) -> AppServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).map(|n| n == 1).unwrap_or(false) {
+                    head.push(byte[0]);
+                }
+                seen.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+                match &answer {
+                    Some(a) => {
+                        let _ = conn.write_all(a);
+                    }
+                    None => held.push(conn),
+                }
+            }
+        });
+        AppServer { addr, requests }
+    }
+
+    /// A `200` in the text format with `body`, as the app's Go server
+    /// answers an HTTP/1.0 request.
+    pub fn text(body: &[u8]) -> AppServer {
+        let mut answer = format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(body);
+        AppServer::start(Some(answer))
+    }
+
+    /// The configuration key that points the daemon here.
+    pub fn key(&self) -> String {
+        format!("app_metrics_address = \"{}\"\n", self.addr)
     }
 }

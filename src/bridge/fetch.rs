@@ -1,0 +1,117 @@
+//! One HTTP/1.0 GET of the app's `/metrics` on loopback, on the runtime the
+//! server runs on (never blocking its one worker). Ours because the stack's
+//! client (`awc`) adds 445 KB to the device's binary for a request this
+//! simple (see the README). HTTP/1.0 asks for a plain body: no chunks, no
+//! keep-alive, no compression (none is offered).
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest answer read, head included; a larger one is refused.
+pub const MAX_ANSWER: usize = 256 * 1024;
+
+/// The text format's media type, the one asked for.
+const ACCEPT: &str = "text/plain;version=0.0.4";
+
+/// The body of a `200 OK` answer in the text format. The caller bounds the
+/// time taken.
+/// A failure to connect carries its kind: "refused" means the app is not
+/// serving, not that something is wrong.
+pub async fn get(addr: SocketAddr) -> Result<String, (Option<io::ErrorKind>, String)> {
+    let mut stream =
+        TcpStream::connect(addr).await.map_err(|e| (Some(e.kind()), format!("connecting to {addr}: {e}")))?;
+    exchange(&mut stream, addr).await.map_err(|e| (None, e))
+}
+
+async fn exchange(stream: &mut TcpStream, addr: SocketAddr) -> Result<String, String> {
+    let request = format!(
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nAccept: {ACCEPT}\r\nUser-Agent: jetkvm-metrics\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("asking {addr}: {e}"))?;
+    let mut answer = Vec::new();
+    stream
+        .take(MAX_ANSWER as u64 + 1)
+        .read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("reading {addr}: {e}"))?;
+    if answer.len() > MAX_ANSWER {
+        return Err(format!("{addr}: an answer over {} KiB", MAX_ANSWER / 1024));
+    }
+    body(answer).map_err(|e| format!("{addr}: {e}"))
+}
+
+/// The body of a whole answer, if it is a complete `200` in the text format.
+pub fn body(answer: Vec<u8>) -> Result<String, String> {
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n").ok_or("an answer without a complete head")?;
+    let head = std::str::from_utf8(&answer[..end]).map_err(|_| "a head that is not text")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("");
+    let code = status.strip_prefix("HTTP/1.").and_then(|s| s.get(2..5));
+    if code != Some("200") {
+        return Err(format!("answered {:?}", status.chars().take(40).collect::<String>()));
+    }
+    let mut length = None;
+    for line in lines {
+        let (name, value) = line.split_once(':').ok_or("a malformed header")?;
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => {
+                length = Some(value.parse::<usize>().map_err(|_| "a malformed Content-Length")?)
+            }
+            "transfer-encoding" | "content-encoding" if !value.eq_ignore_ascii_case("identity") => {
+                return Err(format!("an encoded body ({name}: {value})"));
+            }
+            "content-type" if !value.starts_with("text/plain") => {
+                return Err(format!("not the text format (Content-Type: {value})"));
+            }
+            _ => {}
+        }
+    }
+    let mut body = answer;
+    body.drain(..end + 4);
+    if length.is_some_and(|n| n != body.len()) {
+        return Err("a body shorter or longer than its Content-Length".into());
+    }
+    String::from_utf8(body).map_err(|_| "a body that is not UTF-8".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_complete_plain_200_gives_a_body() {
+        let ok =
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: 4\r\n\r\na 1\n";
+        assert_eq!(body(ok.to_vec()).unwrap(), "a 1\n");
+        assert_eq!(body(b"HTTP/1.1 200 OK\r\n\r\n".to_vec()).unwrap(), "");
+        for (answer, why) in [
+            (
+                &b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\na 1\n"[..],
+                "a body shorter or longer than its Content-Length",
+            ),
+            (b"HTTP/1.0 404 Not Found\r\n\r\n", "answered \"HTTP/1.0 404 Not Found\""),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", "answered \"SSH-2.0-OpenSSH\""),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Encoding: gzip\r\n\r\nx",
+                "an encoded body (Content-Encoding: gzip)",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n",
+                "an encoded body (Transfer-Encoding: chunked)",
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n",
+                "not the text format (Content-Type: text/html)",
+            ),
+            (b"HTTP/1.0 200 OK\r\nbroken\r\n\r\n", "a malformed header"),
+            (b"HTTP/1.0 200 OK\r\n", "an answer without a complete head"),
+            (b"HTTP/1.0 200 OK\r\n\r\n\xff", "a body that is not UTF-8"),
+        ] {
+            assert_eq!(body(answer.to_vec()).unwrap_err(), why);
+        }
+    }
+}

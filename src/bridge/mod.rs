@@ -1,0 +1,98 @@
+//! The device app's own metrics (cloud link, sessions, time sync, DC
+//! power), re-exposed behind this daemon's authentication. The app serves
+//! them on loopback with none. Each scrape first asks the app (`fetch`,
+//! awaited with a deadline before the registry is gathered, so the one
+//! worker never blocks), reads the answer (`exposition`), keeps and merges
+//! what belongs to the app (`merge`), and the `app_metrics` collector hands
+//! that to the registry, or reports success 0 when the app did not answer.
+
+mod exposition;
+mod fetch;
+mod merge;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::proto::MetricFamily;
+
+use crate::collectors::{Collector, Error, Families, Kind, Result};
+use crate::config::AppMetrics;
+
+pub use exposition::parse;
+pub use merge::{kept, merge};
+
+/// The app's address, the deadline, and what the last scrape got.
+pub struct Bridge {
+    address: SocketAddr,
+    timeout: Duration,
+    last: Mutex<Option<Fetched>>,
+}
+
+struct Fetched {
+    took: Duration,
+    result: std::result::Result<Vec<MetricFamily>, Failure>,
+}
+
+enum Failure {
+    /// Nothing listens: the app is down or serves no metrics.
+    Refused(String),
+    Other(String),
+}
+
+impl Bridge {
+    /// `None` when no address is configured.
+    pub fn new(config: &AppMetrics) -> Option<Arc<Bridge>> {
+        let address = config.address?;
+        Some(Arc::new(Bridge { address, timeout: config.timeout, last: Mutex::new(None) }))
+    }
+
+    /// Asks the app, within the deadline, and keeps what it said for the
+    /// gathering that follows.
+    pub async fn refresh(&self) {
+        let start = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, fetch::get(self.address)).await {
+            Ok(Ok(text)) => parse(&text, kept)
+                .and_then(merge)
+                .map_err(|e| Failure::Other(format!("{}: {e}", self.address))),
+            Ok(Err((Some(io::ErrorKind::ConnectionRefused), msg))) => Err(Failure::Refused(msg)),
+            Ok(Err((_, msg))) => Err(Failure::Other(msg)),
+            Err(_) => Err(Failure::Other(format!("{}: no answer within {:?}", self.address, self.timeout))),
+        };
+        let fetched = Fetched { took: start.elapsed(), result };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(fetched);
+    }
+
+    /// The collector that hands the last answer to the registry.
+    pub fn collector(self: &Arc<Self>) -> Box<dyn Collector> {
+        Box::new(AppMetricsCollector(self.clone()))
+    }
+}
+
+struct AppMetricsCollector(Arc<Bridge>);
+
+impl Collector for AppMetricsCollector {
+    fn name(&self) -> &'static str {
+        "app_metrics"
+    }
+
+    fn update(&self, out: &mut Families) -> Result<()> {
+        let last = self.0.last.lock().unwrap_or_else(|e| e.into_inner());
+        let fetched = last.as_ref().ok_or_else(|| Error::NoData("not asked yet".into()))?;
+        match &fetched.result {
+            Ok(families) => {
+                out.extend(families.iter().cloned());
+                out.single(
+                    "jetkvm_app_metrics_fetch_duration_seconds",
+                    "Time the device app took to answer for its own metrics.",
+                    Kind::Gauge,
+                    fetched.took.as_secs_f64(),
+                );
+                Ok(())
+            }
+            Err(Failure::Refused(msg)) => Err(Error::NoData(msg.clone())),
+            Err(Failure::Other(msg)) => Err(Error::Failed(msg.clone())),
+        }
+    }
+}

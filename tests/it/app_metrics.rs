@@ -1,0 +1,136 @@
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn success(t: &str, collector: &str) -> Option<f64> {
+    sample(t, &format!("jetkvm_scrape_collector_success{{collector=\"{collector}\"}}"))
+}
+
+#[test]
+fn the_apps_families_merged_without_clients_and_nothing_else() {
+    let app = AppServer::text(&std::fs::read(fixtures().join("app/metrics")).unwrap());
+    let d = Daemon::start(&app.key(), Some(&no_password_mode()));
+    let t = d.get("/metrics", &[]).text();
+    assert_eq!(success(&t, "app_metrics"), Some(1.0), "{t}");
+    // One request per scrape, HTTP/1.0 for the text format, nothing else.
+    let asked = app.requests.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert!(asked[0].starts_with("GET /metrics HTTP/1.0\r\n"), "{}", asked[0]);
+    assert!(asked[0].contains("\r\nAccept: text/plain;version=0.0.4\r\n"), "{}", asked[0]);
+    // Counters and histograms add up over clients; gauges keep the highest.
+    for (series, want) in [
+        ("jetkvm_connection_ping_sent_total{type=\"local\"}", 52.0),
+        ("jetkvm_connection_ping_sent_total{type=\"cloud\"}", 120.0),
+        ("jetkvm_connection_session_requests_total{type=\"local\"}", 4.0),
+        ("jetkvm_connection_ping_duration_seconds_bucket{type=\"local\",le=\"0.1\"}", 48.0),
+        ("jetkvm_connection_ping_duration_seconds_bucket{type=\"local\",le=\"+Inf\"}", 52.0),
+        ("jetkvm_connection_ping_duration_seconds_sum{type=\"local\"}", 3.75),
+        ("jetkvm_connection_ping_duration_seconds_count{type=\"local\"}", 52.0),
+        ("jetkvm_connection_last_ping_timestamp_seconds{type=\"local\"}", 1.76454726e9),
+        ("jetkvm_connection_last_ping_duration_seconds{type=\"local\"}", 0.012),
+        ("jetkvm_cloud_connection_status", 1.0),
+        ("jetkvm_timesync_status", 1.0),
+        ("jetkvm_dc_power_watts", 12.4),
+    ] {
+        assert_eq!(sample(&t, series), Some(want), "{series}\n{t}");
+    }
+    assert!(t.contains("\njetkvm_app_build_info{branch=\"\",goarch=\"arm\","), "{t}");
+    let bridged = |l: &&str| {
+        ["jetkvm_cloud_", "jetkvm_connection_", "jetkvm_timesync_", "jetkvm_dc_"]
+            .iter()
+            .any(|p| l.starts_with(p))
+    };
+    assert_eq!(t.lines().filter(bridged).filter(|l| l.contains("source=")).count(), 0, "{t}");
+    for absent in ["\ngo_", "\npromhttp_", "\njetkvm_build_info", "api.jetkvm.com", "192.168.1.20"] {
+        assert!(!t.contains(absent), "{absent} re-exposed:\n{t}");
+    }
+    assert_eq!(promtool_check(&t), "");
+    // Behind the daemon's authentication like everything else.
+    let d = Daemon::start(&app.key(), Some(&password_mode(&hash("pw", bcrypt::Version::TwoB, 4), "s")));
+    let r = d.get("/metrics", &[]);
+    assert_eq!(r.status, 401);
+    assert!(!r.text().contains("jetkvm_cloud"));
+    assert_eq!(app.requests.lock().unwrap().len(), 1, "the app asked for a refused scrape");
+}
+
+#[test]
+fn an_app_that_is_down_silent_or_hostile_fails_only_its_collector() {
+    // Nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down = format!("app_metrics_address = \"{closed}\"\n");
+    // Accepts and never answers: the scrape waits out the deadline only.
+    let silent = AppServer::start(None);
+    let oversized = AppServer::text(&vec![b'#'; 300 * 1024]);
+    let malformed = AppServer::text(b"# TYPE jetkvm_dc_x counter\njetkvm_dc_x{a=\"1} 2\n");
+    let not_found = AppServer::start(Some(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()));
+    let chunked = AppServer::start(Some(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\njetkv\r\n0\r\n\r\n".to_vec(),
+    ));
+    for (config, why) in [
+        (down, "connecting to"),
+        (silent.key() + "app_metrics_timeout = \"300ms\"\n", "no answer within 300ms"),
+        (oversized.key(), "an answer over 256 KiB"),
+        (malformed.key(), "line 2: a label value without its closing quote"),
+        (not_found.key(), "answered \"HTTP/1.0 404 Not Found\""),
+        (chunked.key(), "an encoded body (Transfer-Encoding: chunked)"),
+    ] {
+        let d = Daemon::start(&config, Some(&no_password_mode()));
+        let start = Instant::now();
+        let r = d.get("/metrics", &[]);
+        assert!(start.elapsed() < Duration::from_secs(3), "{why}: {:?}", start.elapsed());
+        let t = r.text();
+        assert_eq!((r.status, success(&t, "app_metrics")), (200, Some(0.0)), "{why}\n{t}");
+        assert_eq!(success(&t, "cpu"), Some(1.0), "{why}");
+        assert!(!t.contains("jetkvm_dc_") && !t.contains("jetkvm_app_metrics_fetch"), "{why}\n{t}");
+        if why != "connecting to" {
+            // The app refusing is its being down (debug); anything else warns.
+            assert!(d.wait_log("collector app_metrics").contains(why), "{why}\n{}", d.log());
+        }
+    }
+}
+
+/// A stand-in for the device's app, holding `node` open as its standard
+/// input when given.
+fn stand_in(dir: &TempDir, name: &str, node: Option<&str>) -> std::process::Child {
+    let bin = dir.path(name);
+    if !bin.exists() {
+        std::fs::copy("/bin/sleep", &bin).unwrap();
+    }
+    let stdin = match node {
+        Some(n) => std::process::Stdio::from(std::fs::File::open(n).unwrap()),
+        None => std::process::Stdio::piped(),
+    };
+    std::process::Command::new(&bin).arg("600").stdin(stdin).spawn().unwrap()
+}
+
+#[test]
+fn streaming_is_an_app_process_holding_the_capture_node() {
+    let dir = TempDir::new();
+    let name = format!("jkv{}", std::process::id() % 100_000);
+    // A node no other process here holds (this machine's own processes
+    // may hold /dev/null).
+    let extra = format!("app_processes = [\"{name}\"]\nvideo_capture_device = \"/dev/full\"\n");
+    let d = Daemon::start(&extra, Some(&no_password_mode()));
+    let streaming = |d: &Daemon| {
+        let t = d.get("/metrics", &[]).text();
+        (sample(&t, "jetkvm_video_streaming"), success(&t, "video_streaming"))
+    };
+    // No process of the app: nobody streams.
+    assert_eq!(streaming(&d), (Some(0.0), Some(1.0)));
+    let mut app = stand_in(&dir, &name, Some("/dev/full"));
+    std::thread::sleep(Duration::from_millis(5200));
+    assert_eq!(streaming(&d), (Some(1.0), Some(1.0)), "{}", d.log());
+    app.kill().unwrap();
+    app.wait().unwrap();
+    drop(d);
+    // The app runs, not holding the node.
+    let mut app = stand_in(&dir, &name, None);
+    let d = Daemon::start(&extra, Some(&no_password_mode()));
+    assert_eq!(streaming(&d), (Some(0.0), Some(1.0)));
+    app.kill().unwrap();
+    app.wait().unwrap();
+    // No capture node on this host: no data, not a zero.
+    let extra = format!("app_processes = [\"{name}\"]\nvideo_capture_device = \"/nonexistent/video0\"\n");
+    let d = Daemon::start(&extra, Some(&no_password_mode()));
+    assert_eq!(streaming(&d), (None, Some(0.0)));
+}
