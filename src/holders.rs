@@ -57,7 +57,15 @@ pub enum Holders {
     /// This process reads `/proc/PID/fd` itself.
     Direct { names: Vec<String>, capture: PathBuf },
     /// The helper, over a socket: one request at a time.
-    Helper { socket: Mutex<OwnedFd>, pid: libc::pid_t },
+    Helper { socket: Mutex<Channel>, pid: libc::pid_t },
+}
+
+/// The daemon's end of the helper's socket, and the number of its last
+/// request: the helper echoes it, so an answer that came too late for its
+/// scrape is never taken for the next one's.
+pub struct Channel {
+    socket: OwnedFd,
+    sequence: u8,
 }
 
 impl Holders {
@@ -65,8 +73,8 @@ impl Holders {
         match self {
             Holders::Direct { names, capture } => Ok(answer(pids, names, capture)),
             Holders::Helper { socket, pid } => {
-                let socket = socket.lock().unwrap_or_else(|e| e.into_inner());
-                exchange(&socket, pids).inspect_err(|_| {
+                let mut channel = socket.lock().unwrap_or_else(|e| e.into_inner());
+                exchange(&mut channel, pids).inspect_err(|_| {
                     // A helper that is gone is reaped, not restarted: the
                     // privilege it had is not to be had again.
                     // SAFETY: waitpid on our own child, not blocking.
@@ -77,17 +85,36 @@ impl Holders {
     }
 }
 
-fn exchange(socket: &OwnedFd, pids: &[u32]) -> Result<Answers, String> {
-    let request: Vec<u8> = pids.iter().take(MAX_PIDS).flat_map(|p| p.to_le_bytes()).collect();
-    let fd = socket.as_raw_fd();
-    let lost = |e: nix::Error| format!("the open-files helper: {e}");
-    socket::send(fd, &request, MsgFlags::MSG_NOSIGNAL).map_err(lost)?;
-    let mut buf = [0u8; 1 + MAX_PIDS];
-    let n = socket::recv(fd, &mut buf, MsgFlags::empty()).map_err(lost)?;
-    if n != 1 + request.len() / 4 {
-        return Err("the open-files helper is gone".into());
+fn exchange(channel: &mut Channel, pids: &[u32]) -> Result<Answers, String> {
+    let pids = &pids[..pids.len().min(MAX_PIDS)];
+    if pids.is_empty() {
+        // A request of nothing would read as the socket closing.
+        return Ok(Answers { node: true, pids: Vec::new() });
     }
-    let pids = buf[1..n]
+    channel.sequence = channel.sequence.wrapping_add(1);
+    let mut request = vec![channel.sequence];
+    request.extend(pids.iter().flat_map(|p| p.to_le_bytes()));
+    let fd = channel.socket.as_raw_fd();
+    let lost = |e: nix::Error| format!("the open-files helper: {e}");
+    // Never wait to send: a socket full of requests means the helper
+    // hangs, and the worker must not hang with it.
+    socket::send(fd, &request, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT).map_err(lost)?;
+    let mut buf = [0u8; 2 + MAX_PIDS];
+    // Answers to earlier requests (late for their scrape) are skipped; each
+    // wait is bounded by the socket's receive timeout.
+    let n = loop {
+        let n = socket::recv(fd, &mut buf, MsgFlags::empty()).map_err(lost)?;
+        if n == 0 {
+            return Err("the open-files helper is gone".into());
+        }
+        if buf[0] == channel.sequence {
+            break n;
+        }
+    };
+    if n != 2 + pids.len() {
+        return Err("the open-files helper answered out of turn".into());
+    }
+    let pids = buf[2..n]
         .iter()
         .map(|b| match b {
             0 => Answer::Closed,
@@ -96,7 +123,7 @@ fn exchange(socket: &OwnedFd, pids: &[u32]) -> Result<Answers, String> {
             _ => Answer::Unreadable,
         })
         .collect();
-    Ok(Answers { node: buf[0] == 1, pids })
+    Ok(Answers { node: buf[1] == 1, pids })
 }
 
 /// The answers for `pids`, read here.
@@ -133,13 +160,21 @@ pub fn answer(pids: &[u32], names: &[String], capture: &Path) -> Answers {
 pub fn holds(pid: u32, rdev: u64) -> io::Result<bool> {
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let path = entry?.path();
-        // A descriptor closed since the listing is simply not there.
-        let Ok(target) = std::fs::read_link(&path) else { continue };
+        // A descriptor closed since the listing is simply not there; any
+        // other error means the links cannot be read: not a "no".
+        let target = match std::fs::read_link(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if !target.starts_with("/dev/") {
             continue;
         }
-        if std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == rdev) {
-            return Ok(true);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.file_type().is_char_device() && m.rdev() == rdev => return Ok(true),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(false)
@@ -147,13 +182,17 @@ pub fn holds(pid: u32, rdev: u64) -> io::Result<bool> {
 
 /// Forks the helper; called while the daemon is still root and has one
 /// thread. The helper becomes `user` with `CAP_SYS_PTRACE` and
-/// `CAP_DAC_READ_SEARCH` only.
+/// `CAP_DAC_READ_SEARCH` only, and says so before the daemon goes on: a
+/// helper that could not switch stops the daemon's start.
 pub fn spawn(user: User, names: Vec<String>, capture: PathBuf) -> Result<Holders, String> {
+    if !crate::privilege::single_threaded() {
+        return Err("the open-files helper: threads already running; nothing forked".into());
+    }
     let (ours, theirs) =
         socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| format!("the open-files helper's socket: {e}"))?;
-    // SAFETY: the process has one thread (checked again by drop_to in the
-    // child), so the child may run ordinary code.
+    // SAFETY: the process has one thread (checked above), so the child may
+    // run ordinary code.
     let parent = unsafe { libc::getpid() };
     match unsafe { libc::fork() } {
         -1 => Err(format!("forking the open-files helper: {}", io::Error::last_os_error())),
@@ -171,21 +210,21 @@ pub fn spawn(user: User, names: Vec<String>, capture: PathBuf) -> Result<Holders
             });
             socket::setsockopt(&ours, socket::sockopt::ReceiveTimeout, &timeout)
                 .map_err(|e| format!("the open-files helper's socket: {e}"))?;
-            Ok(Holders::Helper { socket: Mutex::new(ours), pid })
+            let mut ready = [0u8; 1];
+            if socket::recv(ours.as_raw_fd(), &mut ready, MsgFlags::empty()) != Ok(1) {
+                // SAFETY: waitpid on our own child, which has exited or will.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                return Err("the open-files helper did not start (see the line above)".into());
+            }
+            Ok(Holders::Helper { socket: Mutex::new(Channel { socket: ours, sequence: 0 }), pid })
         }
     }
 }
 
 /// The helper's life: answer requests until the daemon's end closes.
 fn helper(socket: OwnedFd, parent: libc::pid_t, user: &User, names: &[String], capture: &Path) -> i32 {
-    // SAFETY: prctl and getppid with integer arguments only.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-        if libc::getppid() != parent {
-            return 0;
-        }
-        libc::prctl(libc::PR_SET_NAME, c"jkm-openfiles".as_ptr() as libc::c_ulong, 0, 0, 0);
-    }
+    // SAFETY: prctl with a static name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"jkm-openfiles".as_ptr() as libc::c_ulong, 0, 0, 0) };
     close_all_but(socket.as_raw_fd());
     // Listing another user's `/proc/PID/fd` (a 0500 directory) takes
     // CAP_DAC_READ_SEARCH; reading its links, ptrace access.
@@ -193,8 +232,20 @@ fn helper(socket: OwnedFd, parent: libc::pid_t, user: &User, names: &[String], c
         eprintln!("jetkvm-metrics: open-files helper: {e}");
         return 1;
     }
+    // Set after the switch, which clears it: die with the daemon, and
+    // leave if it is already gone.
+    // SAFETY: prctl and getppid with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        if libc::getppid() != parent {
+            return 0;
+        }
+    }
     let fd = socket.as_raw_fd();
-    let mut buf = [0u8; 4 * MAX_PIDS + 1];
+    if socket::send(fd, &[1], MsgFlags::MSG_NOSIGNAL).is_err() {
+        return 1;
+    }
+    let mut buf = [0u8; 1 + 4 * MAX_PIDS + 1];
     loop {
         let n = match socket::recv(fd, &mut buf, MsgFlags::empty()) {
             Ok(0) => return 0,
@@ -202,14 +253,16 @@ fn helper(socket: OwnedFd, parent: libc::pid_t, user: &User, names: &[String], c
             Err(nix::Error::EINTR) => continue,
             Err(_) => return 1,
         };
-        // Anything but whole pids is not the daemon speaking: stop.
-        if n % 4 != 0 || n > 4 * MAX_PIDS {
+        // Anything but a number and 1 to 8 whole pids is not the daemon
+        // speaking: stop.
+        if n < 5 || (n - 1) % 4 != 0 || n > 1 + 4 * MAX_PIDS {
             return 1;
         }
         let pids: Vec<u32> =
-            buf[..n].chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            buf[1..n].chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let a = answer(&pids, names, capture);
-        let reply: Vec<u8> = std::iter::once(a.node as u8).chain(a.pids.iter().map(|p| *p as u8)).collect();
+        let reply: Vec<u8> =
+            [buf[0], a.node as u8].into_iter().chain(a.pids.iter().map(|p| *p as u8)).collect();
         if socket::send(fd, &reply, MsgFlags::MSG_NOSIGNAL).is_err() {
             return 1;
         }
@@ -250,5 +303,29 @@ mod tests {
             Answers { node: true, pids: vec![Answer::NotTheApp, Answer::NotTheApp] }
         );
         assert!(!answer(&[], &names, Path::new("/nonexistent")).node);
+    }
+
+    #[test]
+    fn a_late_answer_is_never_taken_for_the_current_one() {
+        let (ours, theirs) =
+            socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+                .unwrap();
+        let helper = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let n = socket::recv(theirs.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+            assert_eq!(n, 5, "a number and one pid");
+            // The answer to an earlier request (open), then this one's (closed).
+            socket::send(theirs.as_raw_fd(), &[buf[0].wrapping_sub(1), 1, 1], MsgFlags::empty()).unwrap();
+            socket::send(theirs.as_raw_fd(), &[buf[0], 1, 0], MsgFlags::empty()).unwrap();
+            theirs
+        });
+        let mut channel = Channel { socket: ours, sequence: 7 };
+        assert_eq!(
+            exchange(&mut channel, &[42]).unwrap(),
+            Answers { node: true, pids: vec![Answer::Closed] }
+        );
+        drop(helper.join().unwrap());
+        // The helper gone: an error, never an answer.
+        assert!(exchange(&mut channel, &[42]).is_err());
     }
 }

@@ -98,6 +98,11 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether this process has one thread: what forking and switching need.
+pub fn single_threaded() -> bool {
+    threads() == 1
+}
+
 /// Threads of this process: capability sets are per thread, so the switch
 /// must happen while there is one.
 fn threads() -> usize {

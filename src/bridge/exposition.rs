@@ -190,6 +190,11 @@ fn label_set<'a>(mut rest: &'a str, labels: &mut Labels<'a>) -> Result<&'a str, 
         if !is_label_name(name) {
             return Err(format!("{name:?} is not a label name"));
         }
+        // `__name__` and the like are Prometheus's own: one would fail the
+        // whole scrape there, the daemon's metrics with it.
+        if name.starts_with("__") {
+            return Err(format!("{name:?} is a reserved label name"));
+        }
         if labels.iter().any(|(n, _)| *n == name) {
             return Err(format!("label {name:?} twice"));
         }
@@ -313,6 +318,7 @@ mod tests {
             ("a{b=\"1} 2\n", "line 1: a label value without its closing quote"),
             ("a{b=1} 2\n", "line 1: a label value without quotes"),
             ("a{b=\"1\",b=\"2\"} 2\n", "line 1: label \"b\" twice"),
+            ("a{__name__=\"b\"} 2\n", "line 1: \"__name__\" is a reserved label name"),
             ("a{b=\"\\t\"} 2\n", "line 1: unknown escape \"\\t\""),
             ("a infinity\n", "line 1: \"infinity\" is not a number"),
             ("a 1 2 3\n", "line 1: text after the timestamp"),

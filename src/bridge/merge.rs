@@ -8,6 +8,7 @@ use prometheus::proto::{
 };
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use super::exposition::{Family, Sample, Type};
 
@@ -34,10 +35,10 @@ pub fn merge(families: Vec<Family>) -> Result<Vec<MetricFamily>, String> {
     for f in families.iter().filter(|f| kept(f.name)) {
         let name = if f.name == BUILD_INFO.0 { BUILD_INFO.1 } else { f.name };
         let metrics = match f.kind {
-            Type::Counter => plain(f, counter, |acc, v| *acc += v),
+            Type::Counter => plain(f, counter, |acc, v| *acc += v)?,
             // Untyped is re-exposed as a gauge: the crate's encoder writes
             // no untyped family.
-            Type::Gauge | Type::Untyped => plain(f, gauge, max_assign),
+            Type::Gauge | Type::Untyped => plain(f, gauge, max_assign)?,
             Type::Histogram => histograms(f)?,
             Type::Summary => summaries(f)?,
         };
@@ -89,36 +90,48 @@ fn key<'a>(labels: &'a [(&'a str, Cow<'a, str>)], except: &str) -> Key<'a> {
     k
 }
 
-/// Series in order of first appearance, each with its accumulator.
+/// Series in order of first appearance, each with its accumulator, found
+/// by their labels through an index (thousands of distinct label sets must
+/// not cost a scan each).
 struct Groups<'a, T> {
     list: Vec<(Key<'a>, T)>,
+    index: HashMap<Key<'a>, usize>,
 }
 
 impl<'a, T> Groups<'a, T> {
     fn new() -> Self {
-        Groups { list: Vec::new() }
+        Groups { list: Vec::new(), index: HashMap::new() }
     }
 
-    /// The series of `key`, and whether it was there before.
-    fn entry(&mut self, key: Key<'a>, new: impl FnOnce() -> T) -> (&mut T, bool) {
-        match self.list.iter().position(|(k, _)| *k == key) {
-            Some(i) => (&mut self.list[i].1, true),
-            None => {
-                self.list.push((key, new()));
-                (&mut self.list.last_mut().expect("just pushed").1, false)
-            }
+    /// The series of `key`, and whether it was there before; past
+    /// [`MAX_SERIES`] in one family, an error.
+    fn entry(&mut self, key: Key<'a>, new: impl FnOnce() -> T) -> Result<(&mut T, bool), String> {
+        if let Some(&i) = self.index.get(&key) {
+            return Ok((&mut self.list[i].1, true));
         }
+        if self.list.len() == MAX_SERIES {
+            return Err(format!("more than {MAX_SERIES} series"));
+        }
+        self.index.insert(key.clone(), self.list.len());
+        self.list.push((key, new()));
+        Ok((&mut self.list.last_mut().expect("just pushed").1, false))
     }
 }
 
-fn plain(f: &Family, make: fn(f64) -> Metric, fold: fn(&mut f64, f64)) -> Vec<Metric> {
+/// Adds a count to a sum of counts; past u64, the answer is refused.
+fn add(f: &Family, acc: &mut u64, n: u64) -> Result<(), String> {
+    *acc = acc.checked_add(n).ok_or_else(|| format!("{}: counts too large to add", f.name))?;
+    Ok(())
+}
+
+fn plain(f: &Family, make: fn(f64) -> Metric, fold: fn(&mut f64, f64)) -> Result<Vec<Metric>, String> {
     let mut groups = Groups::new();
     for s in f.samples.iter().filter(|s| s.suffix.is_empty()) {
-        if let (acc, true) = groups.entry(key(&s.labels, ""), || s.value) {
+        if let (acc, true) = groups.entry(key(&s.labels, ""), || s.value)? {
             fold(acc, s.value);
         }
     }
-    groups.list.into_iter().map(|(k, v)| labelled(make(v), &k)).collect()
+    Ok(groups.list.into_iter().map(|(k, v)| labelled(make(v), &k)).collect())
 }
 
 /// One merged histogram: its bucket bounds (the +Inf one left to the
@@ -135,7 +148,7 @@ struct Hist {
 fn histograms(f: &Family) -> Result<Vec<Metric>, String> {
     let mut groups: Groups<Hist> = Groups::new();
     for s in &f.samples {
-        let (h, _) = groups.entry(key(&s.labels, "le"), Hist::default);
+        let (h, _) = groups.entry(key(&s.labels, "le"), Hist::default)?;
         match s.suffix {
             "_bucket" => {
                 let le = s.labels.iter().find(|(n, _)| *n == "le").map(|(_, v)| &**v);
@@ -148,7 +161,7 @@ fn histograms(f: &Family) -> Result<Vec<Metric>, String> {
                 let n = count(f, s)?;
                 match h.buckets.iter_mut().find(|b| b.0 == bound) {
                     Some(b) => {
-                        b.1 += n;
+                        add(f, &mut b.1, n)?;
                         b.2 += 1;
                     }
                     None => h.buckets.push((bound, n, 1)),
@@ -156,7 +169,7 @@ fn histograms(f: &Family) -> Result<Vec<Metric>, String> {
             }
             "_sum" => h.sum += s.value,
             "_count" => {
-                h.count += count(f, s)?;
+                add(f, &mut h.count, count(f, s)?)?;
                 h.series += 1;
             }
             _ => {}
@@ -165,7 +178,11 @@ fn histograms(f: &Family) -> Result<Vec<Metric>, String> {
     let mut out = Vec::new();
     for (k, mut h) in groups.list {
         // Sums of cumulative counts are right only when every series has
-        // the same bounds: each bound counted once per series.
+        // the same bounds: each bound counted once per series. A histogram
+        // without its count is not one (no made-up zero).
+        if h.series == 0 {
+            return Err(format!("{}: a histogram without _count", f.name));
+        }
         if h.buckets.iter().any(|b| b.2 != h.series) {
             return Err(format!("{}: series with different buckets", f.name));
         }
@@ -191,38 +208,44 @@ fn histograms(f: &Family) -> Result<Vec<Metric>, String> {
     Ok(out)
 }
 
-/// A merged summary: its quantiles, sum, count, and how many series.
-type Summed = (Vec<(f64, f64)>, f64, u64, usize);
+/// A merged summary: its quantiles, sum, count, how many series, and
+/// whether a quantile came twice (two series' quantiles).
+type Summed = (Vec<(f64, f64)>, f64, u64, usize, bool);
 
 /// Summaries: sums and counts add up; quantiles do not, so they are kept
 /// only for a series that had no other to merge with.
 fn summaries(f: &Family) -> Result<Vec<Metric>, String> {
     let mut groups: Groups<Summed> = Groups::new();
     for s in &f.samples {
-        let (g, _) = groups.entry(key(&s.labels, "quantile"), Default::default);
+        let (g, _) = groups.entry(key(&s.labels, "quantile"), Default::default)?;
         match s.suffix {
             "" => {
                 let q =
                     s.labels.iter().find(|(n, _)| *n == "quantile").and_then(|(_, v)| v.parse::<f64>().ok());
                 let q = q.ok_or_else(|| format!("{}: a quantile without a number", f.name))?;
+                // Two series' quantiles: not to be kept, nor told apart.
+                g.4 |= g.0.iter().any(|(seen, _)| *seen == q);
                 g.0.push((q, s.value));
             }
             "_sum" => g.1 += s.value,
             "_count" => {
-                g.2 += count(f, s)?;
+                add(f, &mut g.2, count(f, s)?)?;
                 g.3 += 1;
             }
             _ => {}
         }
     }
+    if groups.list.iter().any(|(_, g)| g.3 == 0) {
+        return Err(format!("{}: a summary without _count", f.name));
+    }
     Ok(groups
         .list
         .into_iter()
-        .map(|(k, (quantiles, sum, n, series))| {
+        .map(|(k, (quantiles, sum, n, series, twice))| {
             let mut summary = Summary::default();
             summary.set_sample_sum(sum);
             summary.set_sample_count(n);
-            if series == 1 {
+            if series == 1 && !twice {
                 summary.set_quantile(
                     quantiles
                         .into_iter()
@@ -355,5 +378,17 @@ mod tests {
         assert_eq!(merge(parse(t, |_| true).unwrap()).unwrap_err(), "jetkvm_dc_h_bucket: -1 is not a count");
         let many: String = (0..=MAX_SERIES).map(|i| format!("jetkvm_dc_x{{i=\"{i}\"}} 1\n")).collect();
         assert_eq!(merge(parse(&many, |_| true).unwrap()).unwrap_err(), "more than 1000 series");
+        // Counts whose sum leaves u64; a histogram or a summary without its count.
+        let big: String =
+            (0..2049).map(|i| format!("jetkvm_dc_h_count{{source=\"{i}\"}} 9007199254740991\n")).collect();
+        let t = format!("# TYPE jetkvm_dc_h histogram\n{big}");
+        assert_eq!(merge(parse(&t, |_| true).unwrap()).unwrap_err(), "jetkvm_dc_h: counts too large to add");
+        let t = "# TYPE jetkvm_dc_h histogram\njetkvm_dc_h_sum 3\n";
+        assert_eq!(
+            merge(parse(t, |_| true).unwrap()).unwrap_err(),
+            "jetkvm_dc_h: a histogram without _count"
+        );
+        let t = "# TYPE jetkvm_dc_s summary\njetkvm_dc_s{quantile=\"0.5\"} 1\n";
+        assert_eq!(merge(parse(t, |_| true).unwrap()).unwrap_err(), "jetkvm_dc_s: a summary without _count");
     }
 }

@@ -42,6 +42,9 @@ struct State {
     /// Scrapes each reader has been through: a reader not ahead of the
     /// other is the first of its scrape.
     rounds: [u64; 2],
+    /// Why this scrape's update failed, for the second reader: never its
+    /// half-updated pids.
+    failed: Option<String>,
 }
 
 /// While a name has no process, `/proc` is walked at most this often.
@@ -70,7 +73,7 @@ impl App {
     pub fn new(names: Vec<String>) -> std::result::Result<Self, String> {
         let system = System::new().map_err(|e| format!("app: {e}"))?;
         let pids = vec![None; names.len()];
-        let state = State { system, pids, walked: None, rounds: [0; 2] };
+        let state = State { system, pids, walked: None, rounds: [0; 2], failed: None };
         Ok(App(Found { names: names.into(), state: Arc::new(Mutex::new(state)), reader: 0 }))
     }
 
@@ -88,15 +91,22 @@ impl Found {
         let first = s.rounds[self.reader] >= s.rounds[1 - self.reader];
         s.rounds[self.reader] += 1;
         if !first {
-            return Ok(s);
+            return match &s.failed {
+                Some(why) => Err(Error::Failed(why.clone())),
+                None => Ok(s),
+            };
         }
+        s.failed = None;
         let lost = s.refresh(&self.names);
         if s.pids.iter().any(Option::is_none) {
             // No process created since the last walk: none can have the
             // missing names now.
             let newest = std::fs::read_to_string("/proc/loadavg").ok().as_deref().and_then(last_pid);
             if s.walk_due(lost, newest) {
-                s.find(&self.names)?;
+                if let Err(e) = s.find(&self.names) {
+                    s.failed = Some(e.to_string());
+                    return Err(e);
+                }
                 s.walked = newest.map(|n| (n, Instant::now()));
                 s.refresh(&self.names);
             }

@@ -28,12 +28,14 @@ impl Collector for Streaming {
     }
 
     fn update(&self, out: &mut Families) -> Result<()> {
+        // First, whatever else fails: the lookup shared with the `app`
+        // collector counts on each scrape asking once.
+        let pids = self.app.pids()?;
         let node =
             std::fs::metadata(&self.capture).map_err(|e| super::collector::io_error(&self.capture, e))?;
         if !node.file_type().is_char_device() {
             return Err(Error::NoData(format!("{}: not a device node", self.capture.display())));
         }
-        let pids = self.app.pids()?;
         // No process of the app: nobody streams through it.
         let answers =
             if pids.is_empty() { Vec::new() } else { self.holders.ask(&pids).map_err(Error::Failed)?.pids };

@@ -160,7 +160,8 @@ def password_change(c):
     c.new = new
     doc = json.dumps({"localAuthMode": "password", "hashed_password": hashed, "local_auth_token": "", "tls_mode": ""}, indent=2)
     board.sh(f"printf '%s\\n' '{doc}' > /userdata/kvm_config.json")
-    check("board: old password refused on the next scrape, no restart", http_status(url, basic(old)) == 401)
+    status = http_status(url, basic(old))
+    check("board: old password refused on the next scrape, no restart", status == 401, str(status))
     check("board: new password accepted", http_status(url, basic(new)) == 200)
     until("basic job down with the old password", lambda: prom.up("basic") == 0, 30)
     with open(prom.password_file, "w") as f:
