@@ -92,7 +92,7 @@ pub fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
 
 /// The text exposition of `families`, in the order given.
 pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut buf = Vec::with_capacity(32 * 1024);
     // Writing into a Vec only fails on a family without samples, which
     // callers drop before (`prometheus::Registry::gather` prunes them).
     if let Err(e) = TextEncoder::new().encode(families, &mut buf) {

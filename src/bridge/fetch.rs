@@ -7,6 +7,7 @@
 use std::io;
 use std::net::SocketAddr;
 
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,6 +24,11 @@ const ACCEPT: &str = "text/plain;version=0.0.4";
 pub async fn get(addr: SocketAddr) -> Result<String, (Option<io::ErrorKind>, String)> {
     let mut stream =
         TcpStream::connect(addr).await.map_err(|e| (Some(e.kind()), format!("connecting to {addr}: {e}")))?;
+    // Closed with a reset once read, not a FIN: the app, which closes
+    // first, then keeps no TIME_WAIT socket on its port for a minute after
+    // every scrape, and `connection_ports` does not count this daemon.
+    let abort = libc::linger { l_onoff: 1, l_linger: 0 };
+    setsockopt(&stream, sockopt::Linger, &abort).map_err(|e| (None, format!("{addr}: SO_LINGER: {e}")))?;
     exchange(&mut stream, addr).await.map_err(|e| (None, e))
 }
 
@@ -31,7 +37,7 @@ async fn exchange(stream: &mut TcpStream, addr: SocketAddr) -> Result<String, St
         "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nAccept: {ACCEPT}\r\nUser-Agent: jetkvm-metrics\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("asking {addr}: {e}"))?;
-    let mut answer = Vec::new();
+    let mut answer = Vec::with_capacity(16 * 1024);
     stream
         .take(MAX_ANSWER as u64 + 1)
         .read_to_end(&mut answer)

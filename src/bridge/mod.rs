@@ -78,11 +78,12 @@ impl Collector for AppMetricsCollector {
     }
 
     fn update(&self, out: &mut Families) -> Result<()> {
-        let last = self.0.last.lock().unwrap_or_else(|e| e.into_inner());
-        let fetched = last.as_ref().ok_or_else(|| Error::NoData("not asked yet".into()))?;
-        match &fetched.result {
+        // Taken, not copied: each gathering follows its own asking.
+        let last = self.0.last.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let fetched = last.ok_or_else(|| Error::NoData("not asked yet".into()))?;
+        match fetched.result {
             Ok(families) => {
-                out.extend(families.iter().cloned());
+                out.extend(families);
                 out.single(
                     "jetkvm_app_metrics_fetch_duration_seconds",
                     "Time the device app took to answer for its own metrics.",
@@ -91,8 +92,8 @@ impl Collector for AppMetricsCollector {
                 );
                 Ok(())
             }
-            Err(Failure::Refused(msg)) => Err(Error::NoData(msg.clone())),
-            Err(Failure::Other(msg)) => Err(Error::Failed(msg.clone())),
+            Err(Failure::Refused(msg)) => Err(Error::NoData(msg)),
+            Err(Failure::Other(msg)) => Err(Error::Failed(msg)),
         }
     }
 }

@@ -11,12 +11,13 @@
 //! process's can lag by a few pages per thread, and the exact figure
 //! (`smaps_rollup`) needs ptrace access to the app.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use super::collector::{Collector, Error, Result};
+use super::collector::{read, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 pub struct App(Found);
@@ -101,7 +102,7 @@ impl Found {
         if s.pids.iter().any(Option::is_none) {
             // No process created since the last walk: none can have the
             // missing names now.
-            let newest = std::fs::read_to_string("/proc/loadavg").ok().as_deref().and_then(last_pid);
+            let newest = read(Path::new("/proc/loadavg")).ok().as_deref().and_then(last_pid);
             if s.walk_due(lost, newest) {
                 if let Err(e) = s.find(&self.names) {
                     s.failed = Some(e.to_string());
@@ -133,7 +134,7 @@ impl State {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<usize>().ok()) else {
                 continue;
             };
-            let Ok(got) = std::fs::read_to_string(entry.path().join("comm")) else { continue };
+            let Ok(got) = read(&entry.path().join("comm")) else { continue };
             let got = got.trim_end_matches('\n');
             if names.iter().zip(&self.pids).any(|(n, found)| found.is_none() && got == comm(n)) {
                 candidates.push(Pid::from(pid));
@@ -162,7 +163,8 @@ impl State {
     /// program, is forgotten. Returns whether one was.
     fn refresh(&mut self, names: &[String]) -> bool {
         let pids: Vec<Pid> = self.pids.iter().flatten().copied().collect();
-        let kind = ProcessRefreshKind::nothing().with_cpu().with_memory();
+        // Not their threads (sysinfo would list each one's `task/`).
+        let kind = ProcessRefreshKind::nothing().with_cpu().with_memory().without_tasks();
         self.system.refresh_processes_specifics(ProcessesToUpdate::Some(&pids), true, kind);
         let mut lost = false;
         for (name, pid) in names.iter().zip(self.pids.iter_mut()) {

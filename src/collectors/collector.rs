@@ -95,9 +95,57 @@ impl prometheus::core::Collector for Timed {
     }
 }
 
-/// Reads a whole file, mapping "not there" to [`Error::NoData`].
+/// Reads a file the kernel makes in one piece (a sysfs or configfs
+/// attribute, a one-record procfs file such as `stat`, `status` or
+/// `smaps_rollup`): open, one read, close. Such a file is handed out whole
+/// by the first read, so a read shorter than asked for is its end.
+/// `fs::read_to_string` asks for the size first, which these files do not
+/// know, then reads from 32 bytes up, doubling: a dozen system calls for
+/// `status` where this makes three, and a system call is the dearest thing
+/// a scrape does on the device's core. "Not there" is [`Error::NoData`].
 pub(crate) fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| io_error(path, e))
+    read_upto(path, true)
+}
+
+/// Reads a file of many records (`/proc/net/dev`, `/proc/net/tcp`): the
+/// kernel may end a read early at a record, so only an empty read ends it.
+pub(crate) fn read_table(path: &Path) -> Result<String> {
+    read_upto(path, false)
+}
+
+/// Larger than any file a collector reads; a file that grows past it fails.
+const READ_MAX: usize = 16 << 20;
+
+fn read_upto(path: &Path, short_read_ends: bool) -> Result<String> {
+    use std::io::Read;
+    // One page, kept per thread: most files fit, and a fresh buffer per
+    // read would be zeroed, then wiped when freed (see `crypto::WipingAlloc`).
+    thread_local!(static PAGE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 4096]));
+    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let mut text = Vec::new();
+    PAGE.with(|page| {
+        let page = &mut page.borrow_mut()[..];
+        loop {
+            match file.read(page) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    text.extend_from_slice(&page[..n]);
+                    if short_read_ends && n < page.len() {
+                        return Ok(());
+                    }
+                    if text.len() > READ_MAX {
+                        return Err(Error::Failed(format!(
+                            "{}: larger than {READ_MAX} bytes",
+                            path.display()
+                        )));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error(path, e)),
+            }
+        }
+    })?;
+    String::from_utf8(text).map_err(|_| parse_error(path, "not UTF-8 text"))
 }
 
 pub(crate) fn io_error(path: &Path, e: io::Error) -> Error {

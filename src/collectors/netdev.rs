@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::collector::{parse_error, read, under, Collector, Result};
+use super::collector::{parse_error, read_table, under, Collector, Result};
 use crate::metrics::{Families, Kind};
 
 /// (column in /proc/net/dev after the name, metric, help)
@@ -37,7 +37,7 @@ impl Collector for NetDev {
 
     fn update(&self, out: &mut Families) -> Result<()> {
         let path = under(&self.procfs, "net/dev");
-        let devices = parse(&read(&path)?).map_err(|e| parse_error(&path, e))?;
+        let devices = parse(&read_table(&path)?).map_err(|e| parse_error(&path, e))?;
         for (col, metric, help) in COLUMNS {
             let mut f = out.family(metric, help, Kind::Counter);
             for (name, values) in &devices {

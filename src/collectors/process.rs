@@ -1,13 +1,15 @@
 //! The daemon's own `process_*` metrics, as client libraries name them:
-//! CPU time, virtual memory, file descriptors and start time through
-//! sysinfo. Resident memory comes from `/proc/self/smaps_rollup`: the
-//! kernel's split RSS counters, which sysinfo reads (`statm`), undercount
-//! a multi-threaded process by megabytes on the device's kernel. The
-//! thread count is the `Threads:` line of `status`.
+//! virtual memory, file descriptors and start time through sysinfo; CPU
+//! time and the descriptor limit through nix. Resident memory comes from
+//! `/proc/self/smaps_rollup`: the kernel's split RSS counters, which
+//! sysinfo reads (`statm`), undercount a multi-threaded process by
+//! megabytes on the device's kernel. The thread count is the `Threads:`
+//! line of `status`.
 
 use std::path::Path;
 use std::sync::Mutex;
 
+use nix::sys::resource::{getrlimit, getrusage, Resource, UsageWho};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use super::collector::{read, Collector, Error, Result};
@@ -32,6 +34,13 @@ fn threads(self_dir: &Path) -> Option<u64> {
     read(&self_dir.join("status")).ok()?.lines().find_map(|l| l.strip_prefix("Threads:"))?.trim().parse().ok()
 }
 
+/// User and system CPU time of every thread of this process, in seconds.
+fn cpu_seconds() -> Result<f64> {
+    let u = getrusage(UsageWho::RUSAGE_SELF).map_err(|e| Error::Failed(format!("getrusage: {e}")))?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(secs(u.user_time()) + secs(u.system_time()))
+}
+
 /// `Rss:` of `smaps_rollup`, in bytes.
 fn rss(self_dir: &Path) -> Option<u64> {
     let text = read(&self_dir.join("smaps_rollup")).ok()?;
@@ -47,7 +56,11 @@ impl Collector for Process {
 
     fn update(&self, out: &mut Families) -> Result<()> {
         let mut s = self.system.lock().unwrap_or_else(|p| p.into_inner());
-        let kind = ProcessRefreshKind::nothing().with_memory().with_cpu();
+        // Not its threads: their count is one line of `status`, where
+        // sysinfo would list `task/`. Not its CPU either: sysinfo reads all
+        // of `/proc/stat` with it, where this process's own times are one
+        // system call (`getrusage`, the same figures, in microseconds).
+        let kind = ProcessRefreshKind::nothing().with_memory().without_tasks();
         s.refresh_processes_specifics(ProcessesToUpdate::Some(&[self.pid]), true, kind);
         let Some(p) = s.process(self.pid) else {
             return Err(Error::NoData("/proc/self is not readable".into()));
@@ -56,7 +69,7 @@ impl Collector for Process {
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds.",
             Kind::Counter,
-            p.accumulated_cpu_time() as f64 / 1000.0,
+            cpu_seconds()?,
         );
         let resident = rss(Path::new("/proc/self")).unwrap_or(p.memory());
         out.single(
@@ -74,8 +87,15 @@ impl Collector for Process {
         if let Some(n) = p.open_files() {
             out.single("process_open_fds", "Number of open file descriptors.", Kind::Gauge, n as f64);
         }
-        if let Some(n) = p.open_files_limit() {
-            out.single("process_max_fds", "Maximum number of open file descriptors.", Kind::Gauge, n as f64);
+        // This process's own limit is one system call away; sysinfo would
+        // read and search `limits`.
+        if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            out.single(
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                Kind::Gauge,
+                soft as f64,
+            );
         }
         if let Some(threads) = threads(Path::new("/proc/self")) {
             out.single(

@@ -24,38 +24,42 @@ impl Drop for Fd {
     }
 }
 
-/// (local port, state index as in `tcp::STATES`) of every TCP socket of
-/// one address family.
-fn dump(family: u8) -> io::Result<Vec<(u16, u8)>> {
+/// The netlink socket, kept between scrapes: making and closing one per
+/// dump cost more than the dumps on the board. Dropped after any error, so
+/// that nothing left of a broken dump is read as the next one's.
+#[derive(Default)]
+pub struct Diag(std::sync::Mutex<Option<Fd>>);
+
+fn open() -> io::Result<Fd> {
     // SAFETY: plain socket(2) call.
     let fd =
         unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    let fd = Fd(fd);
-    let mut req = Vec::with_capacity(REQ_LEN);
-    req.extend_from_slice(&(REQ_LEN as u32).to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    req.push(family);
-    req.push(libc::IPPROTO_TCP as u8);
-    req.push(0); // no extensions
-    req.push(0);
-    req.extend_from_slice(&0xfffu32.to_ne_bytes()); // every state
-    req.resize(REQ_LEN, 0); // socket id: match all
-                            // SAFETY: sending a buffer we own, of its length.
+    Ok(Fd(fd))
+}
+
+/// (local port, state index as in `tcp::STATES`) of every TCP socket of
+/// one address family, appended to `out`.
+fn dump(fd: &Fd, family: u8, out: &mut Vec<(u16, u8)>) -> io::Result<()> {
+    let mut req = [0u8; REQ_LEN];
+    req[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence; port id 0: the kernel's
+    req[16] = family;
+    req[17] = libc::IPPROTO_TCP as u8;
+    // No extensions, then every state; the socket id is zero: match all.
+    req[20..24].copy_from_slice(&0xfffu32.to_ne_bytes());
+    // SAFETY: sending a buffer we own, of its length.
     let sent = unsafe { libc::send(fd.0, req.as_ptr().cast(), req.len(), 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut out = Vec::new();
     // One buffer per thread, reused: a fresh one per scrape costs page faults.
     thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 32 * 1024]));
-    BUF.with(|buf| receive(&fd, &mut buf.borrow_mut(), &mut out))?;
-    Ok(out)
+    BUF.with(|buf| receive(fd, &mut buf.borrow_mut(), out))
 }
 
 fn receive(fd: &Fd, buf: &mut [u8], out: &mut Vec<(u16, u8)>) -> io::Result<()> {
@@ -113,15 +117,26 @@ fn parse(mut b: &[u8], out: &mut Vec<(u16, u8)>) -> io::Result<bool> {
     Ok(false)
 }
 
-/// Every TCP socket, IPv4 and IPv6. IPv6 may be absent from the kernel.
-pub fn tcp_sockets() -> io::Result<Vec<(u16, u8)>> {
-    let mut all = dump(libc::AF_INET as u8)?;
-    match dump(libc::AF_INET6 as u8) {
-        Ok(v6) => all.extend(v6),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
-        Err(e) => return Err(e),
+impl Diag {
+    /// Every TCP socket, IPv4 and IPv6. IPv6 may be absent from the kernel.
+    pub fn tcp_sockets(&self) -> io::Result<Vec<(u16, u8)>> {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let fd = match kept.take() {
+            Some(fd) => fd,
+            None => open()?,
+        };
+        let mut all = Vec::new();
+        dump(&fd, libc::AF_INET as u8, &mut all)?;
+        match dump(&fd, libc::AF_INET6 as u8, &mut all) {
+            Ok(()) => {}
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            }
+            Err(e) => return Err(e),
+        }
+        *kept = Some(fd);
+        Ok(all)
     }
-    Ok(all)
 }
 
 #[cfg(test)]
@@ -134,7 +149,10 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let _c1 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _c2 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let socks = tcp_sockets().unwrap();
+        let diag = Diag::default();
+        // Twice: the second dump on the kept socket.
+        let _ = diag.tcp_sockets().unwrap();
+        let socks = diag.tcp_sockets().unwrap();
         let mine: Vec<_> = socks.iter().filter(|(p, _)| *p == port).collect();
         assert_eq!(mine.iter().filter(|(_, s)| *s == 9).count(), 1, "{mine:?}"); // listen
         assert_eq!(mine.iter().filter(|(_, s)| *s == 0).count(), 2, "{mine:?}");

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::collector::{parse_error, read, under, Collector, Error, Result};
+use super::collector::{parse_error, read_table, under, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 /// Kernel TCP states, indexed by their `st` code minus one.
@@ -26,11 +26,12 @@ pub const STATES: [&str; 11] = [
 pub struct Tcp {
     procfs: PathBuf,
     ports: Vec<u16>,
+    diag: super::sock_diag::Diag,
 }
 
 impl Tcp {
     pub fn new(procfs: PathBuf, ports: Vec<u16>) -> Self {
-        Tcp { procfs, ports }
+        Tcp { procfs, ports, diag: Default::default() }
     }
 }
 
@@ -43,7 +44,7 @@ impl Collector for Tcp {
         let sockets = if self.ports.is_empty() {
             Vec::new()
         } else if self.procfs == std::path::Path::new("/proc") {
-            match super::sock_diag::tcp_sockets() {
+            match self.diag.tcp_sockets() {
                 Ok(s) => s,
                 Err(e) => {
                     log::debug!("sock_diag: {e}; reading /proc/net/tcp");
@@ -72,7 +73,7 @@ impl Tcp {
         let mut found = 0;
         for file in ["net/tcp", "net/tcp6"] {
             let path = under(&self.procfs, file);
-            let text = match read(&path) {
+            let text = match read_table(&path) {
                 Ok(t) => t,
                 // A kernel without IPv6 has no tcp6: not an error.
                 Err(Error::NoData(_)) => continue,

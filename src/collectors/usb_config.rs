@@ -35,7 +35,8 @@ fn enabled(gadget: &Path) -> Vec<String> {
     let Ok(configs) = std::fs::read_dir(gadget.join("configs")) else { return out };
     for config in configs.flatten() {
         let Ok(links) = std::fs::read_dir(config.path()) else { continue };
-        for link in links.flatten() {
+        // Only the links: a configuration's attributes are files beside them.
+        for link in links.flatten().filter(|l| l.file_type().is_ok_and(|t| t.is_symlink())) {
             if let Ok(target) = std::fs::read_link(link.path()) {
                 if let Some(name) = target.file_name() {
                     out.push(name.to_string_lossy().into_owned());

@@ -54,6 +54,31 @@ fn the_apps_families_merged_without_clients_and_nothing_else() {
 }
 
 #[test]
+fn asking_the_app_leaves_no_socket_on_its_port() {
+    // The app closes first; were the daemon to close with a FIN, the app's
+    // side would wait a minute in TIME_WAIT, counted on its port.
+    let app = AppServer::text(b"jetkvm_timesync_status 1\n");
+    let port = app.addr.port();
+    let extra = format!("{}proc_root = \"/proc\"\nconnection_ports = [{port}]\n", app.key());
+    let d = Daemon::start(&extra, Some(&no_password_mode()));
+    let mut t = String::new();
+    for _ in 0..3 {
+        t = d.get("/metrics", &[]).text();
+        assert_eq!(success(&t, "app_metrics"), Some(1.0), "{t}");
+    }
+    assert_eq!(app.requests.lock().unwrap().len(), 3);
+    for state in ["time_wait", "fin_wait2", "close_wait", "established"] {
+        let series = format!("jetkvm_connections{{port=\"{port}\",state=\"{state}\"}}");
+        assert_eq!(sample(&t, &series), Some(0.0), "{series}\n{t}");
+    }
+    assert_eq!(
+        sample(&t, &format!("jetkvm_connections{{port=\"{port}\",state=\"listen\"}}")),
+        Some(1.0),
+        "{t}"
+    );
+}
+
+#[test]
 fn an_app_that_is_down_silent_or_hostile_fails_only_its_collector() {
     // Nothing listens.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();

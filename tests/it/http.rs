@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 #[test]
-fn metrics_are_text_format_and_gzip_when_accepted() {
+fn metrics_are_text_format_and_never_compressed() {
     let d = Daemon::start("", Some(&no_password_mode()));
     let plain = d.get("/metrics", &[]);
     assert_eq!(plain.status, 200);
@@ -21,10 +21,21 @@ fn metrics_are_text_format_and_gzip_when_accepted() {
             ("Accept-Encoding", "gzip"),
         ],
     );
-    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    // Prometheus offers gzip; the body still goes out as it is (README).
+    assert_eq!(zipped.status, 200);
+    assert_eq!(zipped.header("content-encoding"), None);
+    assert_eq!(zipped.header("vary"), Some("Accept-Encoding"));
     assert!(zipped.text().contains("jetkvm_exporter_build_info{target=\""));
-    let r = d.get("/metrics", &[("Accept-Encoding", "gzip;q=0, identity")]);
-    assert_eq!(r.header("content-encoding"), None);
+    for accepting in ["gzip;q=0, identity", "*", "identity;q=0.1, gzip", "nonsense;;q=x"] {
+        let r = d.get("/metrics", &[("Accept-Encoding", accepting)]);
+        assert_eq!((r.status, r.header("content-encoding")), (200, None), "{accepting}");
+    }
+    // A client that takes nothing uncompressed: 406, naming what there is.
+    for refusing in ["identity;q=0", "gzip, identity;q=0", "*;q=0", "br, *;q=0"] {
+        let r = d.get("/metrics", &[("Accept-Encoding", refusing)]);
+        assert_eq!(r.status, 406, "{refusing}");
+        assert_eq!(r.text(), "identity\n", "{refusing}");
+    }
 }
 
 #[test]

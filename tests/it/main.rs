@@ -22,7 +22,7 @@ mod device_tls;
 mod faults;
 /// Hostile input on every listener: malformed credentials, framing, TLS garbage.
 mod hostile;
-/// Routes, methods, gzip, size limits, timeouts, the connection cap, signals.
+/// Routes, methods, encodings, size limits, timeouts, the connection cap, signals.
 mod http;
 /// A thousand scrapes over keep-alive; ten thousand idle connections.
 mod load;

@@ -339,11 +339,6 @@ pub fn parse_response(buf: &[u8]) -> Option<Resp> {
     if is("transfer-encoding", "chunked") {
         body = dechunk(&body)?;
     }
-    if is("content-encoding", "gzip") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).ok()?;
-        body = out;
-    }
     Some(Resp { status, headers, body })
 }
 
