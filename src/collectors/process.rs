@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use nix::sys::resource::{getrlimit, getrusage, Resource, UsageWho};
+use nix::sys::resource::{getrlimit, getrusage, Resource, UsageWho, RLIM_INFINITY};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use super::collector::{read, Collector, Error, Result};
@@ -88,8 +88,9 @@ impl Collector for Process {
             out.single("process_open_fds", "Number of open file descriptors.", Kind::Gauge, n as f64);
         }
         // This process's own limit is one system call away; sysinfo would
-        // read and search `limits`.
-        if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        // read and search `limits`. No limit is no sample, as before.
+        let limit = getrlimit(Resource::RLIMIT_NOFILE).ok().map(|(soft, _)| soft);
+        if let Some(soft) = limit.filter(|soft| *soft != RLIM_INFINITY) {
             out.single(
                 "process_max_fds",
                 "Maximum number of open file descriptors.",
