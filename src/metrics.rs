@@ -1,6 +1,12 @@
 //! Metric families in the `prometheus` crate's model, and the text
 //! exposition its `TextEncoder` writes. Collectors build families here with
 //! a small builder; nothing in this project formats exposition text.
+//!
+//! A collector's [`Families`] are kept from one scrape to the next: a
+//! scrape that finds the same families and label sets as the last one only
+//! writes new values into them. Building them afresh allocated a `Metric`
+//! and its label strings for every sample, and sorted and freed them all,
+//! on every scrape (README, "Why the families are kept between scrapes").
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
@@ -14,26 +20,83 @@ pub enum Kind {
     Gauge,
 }
 
-/// The families one collector (or the exporter itself) hands over.
+impl Kind {
+    fn metric_type(self) -> MetricType {
+        match self {
+            Kind::Counter => MetricType::COUNTER,
+            Kind::Gauge => MetricType::GAUGE,
+        }
+    }
+}
+
+/// The families one collector hands over, kept between its updates. An
+/// update starts with [`Families::begin`], names its families and samples
+/// in any order, and ends with [`Families::finish`]: a family or label set
+/// the update did not name is gone, a new one is added, and each family's
+/// samples are sorted by label values (as `prometheus::Registry` sorts them).
 #[derive(Default)]
-pub struct Families(Vec<MetricFamily>);
+pub struct Families {
+    slots: Vec<Slot>,
+    /// Slots named by this update: `slots[..used]`.
+    used: usize,
+}
+
+/// One family and where its samples were.
+struct Slot {
+    family: MetricFamily,
+    /// Where the update's k-th sample went last time: a sample's label set
+    /// is checked there first, so an unchanged update never searches.
+    order: Vec<u32>,
+    /// Samples named by this update.
+    emitted: usize,
+    /// Whether this update added or moved a sample: sort on finish.
+    changed: bool,
+}
 
 impl Families {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Starts a family; its samples follow through [`Family::sample`].
+    /// Starts an update.
+    pub fn begin(&mut self) {
+        self.used = 0;
+        for s in &mut self.slots {
+            s.emitted = 0;
+            s.changed = false;
+        }
+    }
+
+    /// Ends an update: what it did not name goes, and moved or new samples
+    /// are sorted. Only after a finished update are the families whole.
+    pub fn finish(&mut self) {
+        self.slots.truncate(self.used);
+        for s in &mut self.slots {
+            if s.changed || s.emitted != s.family.get_metric().len() {
+                s.compact();
+            }
+        }
+    }
+
+    /// The families of the last finished update.
+    pub fn iter(&self) -> impl Iterator<Item = &MetricFamily> {
+        self.slots[..self.used].iter().map(|s| &s.family)
+    }
+
+    /// Starts (or goes on with) a family; its samples follow through
+    /// [`Family::sample`].
     pub fn family(&mut self, name: &str, help: &str, kind: Kind) -> Family<'_> {
-        let mut f = MetricFamily::default();
-        f.set_name(name.to_owned());
-        f.set_help(help.to_owned());
-        f.set_field_type(match kind {
-            Kind::Counter => MetricType::COUNTER,
-            Kind::Gauge => MetricType::GAUGE,
-        });
-        self.0.push(f);
-        Family { family: self.0.last_mut().expect("just pushed"), kind }
+        let i = self.slot(name);
+        let slot = &mut self.slots[i];
+        if slot.family.get_field_type() != kind.metric_type() || slot.family.help() != help {
+            slot.family.set_help(help.to_owned());
+            slot.family.set_field_type(kind.metric_type());
+            slot.family.mut_metric().clear();
+            slot.order.clear();
+            slot.emitted = 0;
+            slot.changed = true;
+        }
+        Family { slot, kind }
     }
 
     /// A family with a single unlabelled sample.
@@ -41,40 +104,138 @@ impl Families {
         self.family(name, help, kind).sample(&[], value);
     }
 
-    /// Families built elsewhere (the app's, re-exposed).
+    /// Families built elsewhere (the app's, re-exposed): they replace what
+    /// the last update had under their names.
     pub fn extend(&mut self, families: impl IntoIterator<Item = MetricFamily>) {
-        self.0.extend(families);
+        for mut family in families {
+            sort_samples(&mut family);
+            let i = self.slot(family.name());
+            let slot = &mut self.slots[i];
+            // Taken as it is: nothing of it to compact on finish.
+            slot.emitted = family.get_metric().len();
+            slot.order.clear();
+            slot.order.extend(0..slot.emitted as u32);
+            slot.changed = false;
+            slot.family = family;
+        }
     }
 
-    pub fn into_vec(self) -> Vec<MetricFamily> {
-        self.0
+    /// The slot of `name` for this update: where it was last time, moved
+    /// into place, or new.
+    fn slot(&mut self, name: &str) -> usize {
+        let used = self.used;
+        if let Some(i) = self.slots[..used].iter().position(|s| s.family.name() == name) {
+            return i; // named twice in one update: its samples go on
+        }
+        let i = match self.slots[used..].iter().position(|s| s.family.name() == name) {
+            Some(i) => used + i,
+            None => {
+                let mut family = MetricFamily::default();
+                family.set_name(name.to_owned());
+                self.slots.push(Slot { family, order: Vec::new(), emitted: 0, changed: true });
+                self.slots.len() - 1
+            }
+        };
+        self.slots.swap(used, i);
+        self.used += 1;
+        used
     }
 }
 
+impl Slot {
+    /// Drops the samples this update did not name and sorts the rest,
+    /// keeping `order` pointing at each sample's new place.
+    fn compact(&mut self) {
+        let emitted = &self.order[..self.emitted];
+        let mut old: Vec<Option<Metric>> = self.family.take_metric().into_iter().map(Some).collect();
+        let mut seen = vec![false; old.len()];
+        let mut kept: Vec<u32> = Vec::with_capacity(emitted.len());
+        for &i in emitted {
+            if !std::mem::replace(&mut seen[i as usize], true) {
+                kept.push(i);
+            }
+        }
+        kept.sort_by(|&a, &b| by_labels(old[a as usize].as_ref(), old[b as usize].as_ref()));
+        let mut place = vec![0u32; old.len()];
+        let mut metrics = Vec::with_capacity(kept.len());
+        for (new, &i) in kept.iter().enumerate() {
+            place[i as usize] = new as u32;
+            metrics.extend(old[i as usize].take());
+        }
+        self.order.truncate(self.emitted);
+        for i in &mut self.order {
+            *i = place[*i as usize];
+        }
+        self.family.set_metric(metrics);
+    }
+}
+
+/// A family being written by one update.
 pub struct Family<'a> {
-    family: &'a mut MetricFamily,
+    slot: &'a mut Slot,
     kind: Kind,
 }
 
 impl Family<'_> {
     pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
-        let mut m = Metric::default();
-        m.set_label(label_pairs(labels));
+        let slot = &mut *self.slot;
+        let k = slot.emitted;
+        let metrics = slot.family.mut_metric();
+        let hint = slot.order.get(k).map(|&i| i as usize);
+        let i = match hint.filter(|&i| metrics.get(i).is_some_and(|m| same_labels(m, labels))) {
+            Some(i) => i,
+            None => {
+                slot.changed = true;
+                metrics.iter().position(|m| same_labels(m, labels)).unwrap_or_else(|| {
+                    let mut m = Metric::default();
+                    m.set_label(label_pairs(labels));
+                    metrics.push(m);
+                    metrics.len() - 1
+                })
+            }
+        };
+        let m = &mut metrics[i];
         match self.kind {
-            Kind::Counter => {
-                let mut c = Counter::default();
-                c.set_value(value);
-                m.set_counter(c);
-            }
-            Kind::Gauge => {
-                let mut g = Gauge::default();
-                g.set_value(value);
-                m.set_gauge(g);
-            }
+            Kind::Counter => m.set_counter(counter(value)),
+            Kind::Gauge => m.set_gauge(gauge(value)),
         }
-        self.family.mut_metric().push(m);
+        if k < slot.order.len() {
+            slot.order[k] = i as u32;
+        } else {
+            slot.order.push(i as u32);
+        }
+        slot.emitted += 1;
         self
     }
+}
+
+fn counter(value: f64) -> Counter {
+    let mut c = Counter::default();
+    c.set_value(value);
+    c
+}
+
+fn gauge(value: f64) -> Gauge {
+    let mut g = Gauge::default();
+    g.set_value(value);
+    g
+}
+
+fn same_labels(m: &Metric, labels: &[(&str, &str)]) -> bool {
+    let pairs = m.get_label();
+    pairs.len() == labels.len()
+        && pairs.iter().zip(labels).all(|(p, (k, v))| p.name() == *k && p.value() == *v)
+}
+
+/// The order `prometheus::Registry` gives a family's samples: by label
+/// values, a shorter label set first.
+fn by_labels(a: Option<&Metric>, b: Option<&Metric>) -> std::cmp::Ordering {
+    let (a, b) = (a.map(Metric::get_label).unwrap_or_default(), b.map(Metric::get_label).unwrap_or_default());
+    a.len().cmp(&b.len()).then_with(|| a.iter().map(LabelPair::value).cmp(b.iter().map(LabelPair::value)))
+}
+
+fn sort_samples(family: &mut MetricFamily) {
+    family.mut_metric().sort_by(|a, b| by_labels(Some(a), Some(b)));
 }
 
 /// Label pairs in the crate's model, in the order given.
@@ -94,9 +255,34 @@ pub fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
 pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(32 * 1024);
     // Writing into a Vec only fails on a family without samples, which
-    // callers drop before (`prometheus::Registry::gather` prunes them).
+    // callers drop before.
     if let Err(e) = TextEncoder::new().encode(families, &mut buf) {
         log::error!("encoding metrics: {e}");
+    }
+    buf
+}
+
+/// The text exposition of families from many owners, as
+/// `prometheus::Registry::gather` would order them: by name, families of
+/// one name merged, none without samples. Only a merge copies.
+pub fn encode_gathered(mut families: Vec<&MetricFamily>) -> Vec<u8> {
+    families.retain(|f| !f.get_metric().is_empty());
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut buf = Vec::with_capacity(32 * 1024);
+    let encoder = TextEncoder::new();
+    for same in families.chunk_by(|a, b| a.name() == b.name()) {
+        let written = match same {
+            [one] => encoder.encode(std::slice::from_ref(*one), &mut buf),
+            _ => {
+                let mut merged = same[0].clone();
+                merged.mut_metric().extend(same[1..].iter().flat_map(|f| f.get_metric().iter().cloned()));
+                sort_samples(&mut merged);
+                encoder.encode(std::slice::from_ref(&merged), &mut buf)
+            }
+        };
+        if let Err(e) = written {
+            log::error!("encoding metrics: {e}");
+        }
     }
     buf
 }
@@ -105,19 +291,110 @@ pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn text(f: &Families) -> String {
+        String::from_utf8(encode_gathered(f.iter().collect())).unwrap()
+    }
+
+    /// One update of `f` with `samples` in family `x`.
+    fn update(f: &mut Families, samples: &[(&str, f64)]) {
+        f.begin();
+        let mut x = f.family("x", "X.", Kind::Gauge);
+        for (v, n) in samples {
+            x.sample(&[("a", v)], *n);
+        }
+        f.finish();
+    }
+
     #[test]
     fn families_encode_with_escaped_labels() {
         let mut f = Families::new();
+        f.begin();
+        f.single("y", "A gauge.", Kind::Gauge, -2.0);
         f.family("x_total", "Help with \\ and\nnewline.", Kind::Counter)
             .sample(&[("a", "q\"b\\c\nd")], 3.0)
             .sample(&[("a", "e")], 0.25);
-        f.single("y", "A gauge.", Kind::Gauge, -2.0);
-        let text = String::from_utf8(encode(&f.into_vec())).unwrap();
+        f.finish();
         assert_eq!(
-            text,
+            text(&f),
             "# HELP x_total Help with \\\\ and\\nnewline.\n# TYPE x_total counter\n\
-             x_total{a=\"q\\\"b\\\\c\\nd\"} 3\nx_total{a=\"e\"} 0.25\n\
+             x_total{a=\"e\"} 0.25\nx_total{a=\"q\\\"b\\\\c\\nd\"} 3\n\
              # HELP y A gauge.\n# TYPE y gauge\ny -2\n"
         );
+    }
+
+    #[test]
+    fn an_unchanged_update_only_writes_values() {
+        let mut f = Families::new();
+        update(&mut f, &[("b", 1.0), ("a", 2.0)]);
+        let before: Vec<*const Metric> =
+            f.iter().next().unwrap().get_metric().iter().map(|m| m as *const _).collect();
+        update(&mut f, &[("b", 3.0), ("a", 4.0)]);
+        let after: Vec<*const Metric> =
+            f.iter().next().unwrap().get_metric().iter().map(|m| m as *const _).collect();
+        assert_eq!(before, after, "the same metrics, not new ones");
+        assert!(!f.slots[0].changed);
+        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 4\nx{a=\"b\"} 3\n");
+    }
+
+    #[test]
+    fn a_new_label_set_extends_and_a_vanished_one_leaves() {
+        let mut f = Families::new();
+        update(&mut f, &[("b", 1.0), ("a", 2.0)]);
+        update(&mut f, &[("c", 5.0), ("a", 6.0)]);
+        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 6\nx{a=\"c\"} 5\n");
+        // The order of this update is remembered: the next one is exact.
+        update(&mut f, &[("c", 7.0), ("a", 8.0)]);
+        assert!(!f.slots[0].changed);
+        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 8\nx{a=\"c\"} 7\n");
+        update(&mut f, &[]);
+        assert_eq!(text(&f), "", "a family without samples is not written");
+    }
+
+    #[test]
+    fn a_family_not_named_leaves_and_one_named_twice_goes_on() {
+        let mut f = Families::new();
+        f.begin();
+        f.single("b", "B.", Kind::Gauge, 1.0);
+        f.single("a", "A.", Kind::Counter, 2.0);
+        f.finish();
+        f.begin();
+        f.family("a", "A.", Kind::Counter).sample(&[("l", "1")], 3.0);
+        f.family("a", "A.", Kind::Counter).sample(&[("l", "0")], 4.0);
+        f.finish();
+        assert_eq!(text(&f), "# HELP a A.\n# TYPE a counter\na{l=\"0\"} 4\na{l=\"1\"} 3\n");
+        // A family whose type changed starts again.
+        f.begin();
+        f.single("a", "A.", Kind::Gauge, 5.0);
+        f.finish();
+        assert_eq!(text(&f), "# HELP a A.\n# TYPE a gauge\na 5\n");
+    }
+
+    #[test]
+    fn families_of_one_name_from_two_owners_are_merged() {
+        let (mut one, mut two) = (Families::new(), Families::new());
+        update(&mut one, &[("z", 1.0)]);
+        update(&mut two, &[("m", 2.0)]);
+        two.begin();
+        two.family("x", "X.", Kind::Gauge).sample(&[("a", "m")], 2.0);
+        two.single("w", "W.", Kind::Gauge, 0.5);
+        two.finish();
+        let all = encode_gathered(one.iter().chain(two.iter()).collect());
+        assert_eq!(
+            String::from_utf8(all).unwrap(),
+            "# HELP w W.\n# TYPE w gauge\nw 0.5\n# HELP x X.\n# TYPE x gauge\nx{a=\"m\"} 2\nx{a=\"z\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn families_from_elsewhere_replace_their_names() {
+        let mut f = Families::new();
+        update(&mut f, &[("a", 1.0)]);
+        let mut other = Families::new();
+        update(&mut other, &[("q", 3.0), ("p", 2.0)]);
+        let given: Vec<MetricFamily> = other.iter().cloned().collect();
+        f.begin();
+        f.extend(given);
+        f.finish();
+        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"p\"} 2\nx{a=\"q\"} 3\n");
     }
 }

@@ -1,10 +1,10 @@
 //! The device app's own metrics (cloud link, sessions, time sync, DC
 //! power), re-exposed behind this daemon's authentication. The app serves
 //! them on loopback with none. Each scrape first asks the app (`fetch`,
-//! awaited with a deadline before the registry is gathered, so the one
+//! awaited with a deadline before the collectors run, so the one
 //! worker never blocks), reads the answer (`exposition`), keeps and merges
 //! what belongs to the app (`merge`), and the `app_metrics` collector hands
-//! that to the registry, or reports success 0 when the app did not answer.
+//! that to the scrape, or reports success 0 when the app did not answer.
 
 mod exposition;
 mod fetch;
@@ -64,7 +64,7 @@ impl Bridge {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(fetched);
     }
 
-    /// The collector that hands the last answer to the registry.
+    /// The collector that hands the last answer to the scrape.
     pub fn collector(self: &Arc<Self>) -> Box<dyn Collector> {
         Box::new(AppMetricsCollector(self.clone()))
     }

@@ -86,7 +86,7 @@ impl App {
 
 impl Found {
     /// The state, its pids up to date: brought up to date by the first
-    /// reader of a scrape (the registry runs every collector once a scrape).
+    /// reader of a scrape (every collector runs once a scrape).
     fn current(&self) -> Result<std::sync::MutexGuard<'_, State>> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let first = s.rounds[self.reader] >= s.rounds[1 - self.reader];

@@ -2,12 +2,11 @@
 //! produce nothing, the timing wrapper every collector runs in, and the file
 //! helpers collectors share.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use prometheus::core::Desc;
 use prometheus::proto::MetricFamily;
 
 pub use crate::metrics::{Families, Kind};
@@ -36,46 +35,58 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub trait Collector: Send + Sync {
     /// The `collector` label value.
     fn name(&self) -> &'static str;
-    /// Reads the source and builds complete metric families into `out`.
+    /// Reads the source and writes its metric families into `out`, which
+    /// holds what the last update wrote (see [`Families`]).
     fn update(&self, out: &mut Families) -> Result<()>;
 }
 
-const DURATION: &str = "jetkvm_scrape_collector_duration_seconds";
-const DURATION_HELP: &str = "Time a collector took during this scrape.";
-const SUCCESS: &str = "jetkvm_scrape_collector_success";
-const SUCCESS_HELP: &str =
+pub(super) const DURATION: &str = "jetkvm_scrape_collector_duration_seconds";
+pub(super) const DURATION_HELP: &str = "Time a collector took during this scrape.";
+pub(super) const SUCCESS: &str = "jetkvm_scrape_collector_success";
+pub(super) const SUCCESS_HELP: &str =
     "Whether a collector succeeded during this scrape (1) or could not read its source (0).";
 
-/// A collector as the `prometheus` registry sees it: each scrape runs it
-/// once, times it, and adds its success and duration samples (the registry
-/// merges those of every collector into one family each).
+/// A collector with the families it keeps between scrapes: each scrape
+/// runs it once and times it.
 pub(super) struct Timed {
     inner: Box<dyn Collector>,
-    descs: [Desc; 2],
+    kept: Mutex<Kept>,
+}
+
+/// What a collector's last run left.
+pub(super) struct Kept {
+    families: Families,
+    /// Whether it succeeded: only then are its families whole.
+    pub ok: bool,
+    pub took: f64,
+}
+
+impl Kept {
+    /// Its families, if the run succeeded: a collector that fails half-way
+    /// hands over nothing partial.
+    pub fn families(&self) -> impl Iterator<Item = &MetricFamily> {
+        self.ok.then(|| self.families.iter()).into_iter().flatten()
+    }
 }
 
 impl Timed {
-    pub(super) fn new(inner: Box<dyn Collector>) -> prometheus::Result<Timed> {
-        let desc = |name: &str, help: &str| {
-            let labels = HashMap::from([("collector".to_owned(), inner.name().to_owned())]);
-            Desc::new(name.to_owned(), help.to_owned(), Vec::new(), labels)
-        };
-        Ok(Timed { descs: [desc(DURATION, DURATION_HELP)?, desc(SUCCESS, SUCCESS_HELP)?], inner })
-    }
-}
-
-impl prometheus::core::Collector for Timed {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+    pub(super) fn new(inner: Box<dyn Collector>) -> Timed {
+        Timed { inner, kept: Mutex::new(Kept { families: Families::new(), ok: false, took: 0.0 }) }
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
+    pub(super) fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    /// Runs the collector and hands over what it left.
+    pub(super) fn run(&self) -> MutexGuard<'_, Kept> {
         let name = self.inner.name();
+        // A panic is an abort in this build: a poisoned lock holds nothing
+        // half-done that `begin` does not start again.
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let start = Instant::now();
-        // A collector builds into its own families so a failure half-way
-        // hands over nothing partial.
-        let mut part = Families::new();
-        let ok = match self.inner.update(&mut part) {
+        kept.families.begin();
+        kept.ok = match self.inner.update(&mut kept.families) {
             Ok(()) => true,
             Err(Error::NoData(msg)) => {
                 log::debug!("collector {name}: no data: {msg}");
@@ -86,12 +97,11 @@ impl prometheus::core::Collector for Timed {
                 false
             }
         };
-        let mut out = if ok { part } else { Families::new() };
-        out.family(DURATION, DURATION_HELP, Kind::Gauge)
-            .sample(&[("collector", name)], start.elapsed().as_secs_f64());
-        out.family(SUCCESS, SUCCESS_HELP, Kind::Gauge)
-            .sample(&[("collector", name)], if ok { 1.0 } else { 0.0 });
-        out.into_vec()
+        if kept.ok {
+            kept.families.finish();
+        }
+        kept.took = start.elapsed().as_secs_f64();
+        kept
     }
 }
 

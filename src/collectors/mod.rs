@@ -1,7 +1,8 @@
 //! Collectors: each reads one source of device state when a scrape arrives
-//! and hands its metric families to the `prometheus` registry, which runs
-//! them on `gather`. The trait, its errors and the timing wrapper are in
-//! `collector`; this module lists the collectors and registers them. Each is timed and reported in
+//! and writes its metric families into what it kept from the last scrape
+//! (see `metrics::Families`). The trait, its errors and the timing wrapper
+//! are in `collector`; this module lists the collectors and runs them for a
+//! scrape. Each is timed and reported in
 //! `jetkvm_scrape_collector_{success,duration_seconds}`; a failing collector
 //! never fails the scrape. Nothing here runs on a timer.
 //!
@@ -9,8 +10,13 @@
 //! process) comes through it, from the live kernel. The rest is read here under the configured `proc_root`/`sys_root`, by parsers
 //! that are pure functions on text, tested on inline input and fixtures.
 
+use std::sync::Mutex;
+
+use prometheus::proto::MetricFamily;
+
 use crate::config::Config;
 use crate::holders::Holders;
+use collector::Timed;
 
 mod app;
 mod collector;
@@ -43,59 +49,90 @@ pub mod parsers {
     pub use super::thermal::parse_millidegrees as thermal_millidegrees;
 }
 
-/// Registers every enabled collector in `registry`, in a fixed order.
-/// `holders` answers who holds the capture node open (the privileged helper
-/// when the daemon switches user; else read here).
-pub fn register(
-    config: &Config,
-    registry: &prometheus::Registry,
-    holders: Option<Holders>,
-) -> prometheus::Result<()> {
-    let procfs = config.proc_root.clone();
-    let sysfs = config.sys_root.clone();
-    let gadget = sysfs.join("kernel/config/usb_gadget").join(&config.usb_gadget);
-    let collectors: Vec<Box<dyn Collector>> = vec![
-        Box::new(time::Time),
-        Box::new(loadavg::LoadAvg),
-        Box::new(cpu::Cpu::new(procfs.clone())),
-        Box::new(meminfo::MemInfo::new().map_err(prometheus::Error::Msg)?),
-        Box::new(tcp::Tcp::new(procfs.clone(), config.connection_ports.clone())),
-        Box::new(netdev::NetDev::new(procfs)),
-        Box::new(filesystem::Filesystem::new(config.filesystems.clone())),
-        Box::new(thermal::Thermal::new(sysfs.clone())),
-        Box::new(usb_gadget::UsbGadget::new(sysfs.clone())),
-        Box::new(usb_config::UsbFunctions::new(gadget.clone())),
-        Box::new(usb_config::VirtualMedia::new(gadget, sysfs.clone())),
-        Box::new(netclass::NetClass::new(sysfs.clone())),
-        Box::new(rtc::Rtc::new(sysfs.clone())),
-        Box::new(hdmi::Hdmi::new(
-            config.video.device.clone(),
-            config.video.driver.clone(),
-            sysfs,
-            config.video.sleep_file.clone(),
-            config.video.query_interval,
-        )),
-        Box::new(device::Device::new(config.version_file.clone())),
-        Box::new(process::Process::new().map_err(prometheus::Error::Msg)?),
-    ];
-    for c in collectors {
-        register_one(registry, c)?;
-    }
-    if !config.app_processes.is_empty() {
-        let app = app::App::new(config.app_processes.clone()).map_err(prometheus::Error::Msg)?;
-        let capture = config.video.capture_device.clone();
-        let holders = holders.unwrap_or_else(|| Holders::Direct {
-            names: config.app_processes.clone(),
-            capture: capture.clone(),
-        });
-        let streaming = streaming::Streaming::new(app.found(), holders, capture);
-        register_one(registry, Box::new(app))?;
-        register_one(registry, Box::new(streaming))?;
-    }
-    Ok(())
+/// Every enabled collector, in a fixed order, with the two families that
+/// report on each (its success and duration), kept between scrapes.
+pub struct Collectors {
+    timed: Vec<Timed>,
+    status: Mutex<Families>,
 }
 
-/// Registers one collector, timed like every other.
-pub fn register_one(registry: &prometheus::Registry, c: Box<dyn Collector>) -> prometheus::Result<()> {
-    registry.register(Box::new(collector::Timed::new(c)?))
+impl Collectors {
+    /// Every enabled collector. `holders` answers who holds the capture node
+    /// open (the privileged helper when the daemon switches user; else read
+    /// here).
+    pub fn new(config: &Config, holders: Option<Holders>) -> std::result::Result<Collectors, String> {
+        let procfs = config.proc_root.clone();
+        let sysfs = config.sys_root.clone();
+        let gadget = sysfs.join("kernel/config/usb_gadget").join(&config.usb_gadget);
+        let mut all = Collectors { timed: Vec::new(), status: Mutex::default() };
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(time::Time),
+            Box::new(loadavg::LoadAvg),
+            Box::new(cpu::Cpu::new(procfs.clone())),
+            Box::new(meminfo::MemInfo::new()?),
+            Box::new(tcp::Tcp::new(procfs.clone(), config.connection_ports.clone())),
+            Box::new(netdev::NetDev::new(procfs)),
+            Box::new(filesystem::Filesystem::new(config.filesystems.clone())),
+            Box::new(thermal::Thermal::new(sysfs.clone())),
+            Box::new(usb_gadget::UsbGadget::new(sysfs.clone())),
+            Box::new(usb_config::UsbFunctions::new(gadget.clone())),
+            Box::new(usb_config::VirtualMedia::new(gadget, sysfs.clone())),
+            Box::new(netclass::NetClass::new(sysfs.clone())),
+            Box::new(rtc::Rtc::new(sysfs.clone())),
+            Box::new(hdmi::Hdmi::new(
+                config.video.device.clone(),
+                config.video.driver.clone(),
+                sysfs,
+                config.video.sleep_file.clone(),
+                config.video.query_interval,
+            )),
+            Box::new(device::Device::new(config.version_file.clone())),
+            Box::new(process::Process::new()?),
+        ];
+        for c in collectors {
+            all.push(c)?;
+        }
+        if !config.app_processes.is_empty() {
+            let app = app::App::new(config.app_processes.clone())?;
+            let capture = config.video.capture_device.clone();
+            let holders = holders.unwrap_or_else(|| Holders::Direct {
+                names: config.app_processes.clone(),
+                capture: capture.clone(),
+            });
+            let streaming = streaming::Streaming::new(app.found(), holders, capture);
+            all.push(Box::new(app))?;
+            all.push(Box::new(streaming))?;
+        }
+        Ok(all)
+    }
+
+    /// Adds a collector, run after those before it.
+    pub fn push(&mut self, c: Box<dyn Collector>) -> std::result::Result<(), String> {
+        if self.timed.iter().any(|t| t.name() == c.name()) {
+            return Err(format!("two collectors named {}", c.name()));
+        }
+        self.timed.push(Timed::new(c));
+        Ok(())
+    }
+
+    /// A scrape's body: every collector run once, in order, then what they
+    /// hold, their success and duration, and `own` (families of the
+    /// daemon's counters) encoded by name, as `prometheus::Registry` orders
+    /// a gathering.
+    pub fn scrape(&self, own: &[MetricFamily]) -> Vec<u8> {
+        let kept: Vec<_> = self.timed.iter().map(Timed::run).collect();
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.begin();
+        let mut took = status.family(collector::DURATION, collector::DURATION_HELP, Kind::Gauge);
+        for (t, k) in self.timed.iter().zip(&kept) {
+            took.sample(&[("collector", t.name())], k.took);
+        }
+        let mut ok = status.family(collector::SUCCESS, collector::SUCCESS_HELP, Kind::Gauge);
+        for (t, k) in self.timed.iter().zip(&kept) {
+            ok.sample(&[("collector", t.name())], if k.ok { 1.0 } else { 0.0 });
+        }
+        status.finish();
+        let families = kept.iter().flat_map(|k| k.families()).chain(status.iter()).chain(own);
+        crate::metrics::encode_gathered(families.collect())
+    }
 }

@@ -1,7 +1,7 @@
 //! The daemon's listeners on actix: the general listener and, when enabled,
 //! the metrics service (plain, TLS or mTLS), served by one actix-server
 //! worker. This module binds and runs; its rooms:
-//! - `state`: what every request shares (configuration, decision, registry,
+//! - `state`: what every request shares (configuration, decision, collectors,
 //!   listeners); `listener`: one listener, its role and TLS;
 //! - `conn`, `tracker`, `slot`, `timed`: a connection before and around
 //!   HTTP (the caps, deadlines, the TLS handshake) and its facts;

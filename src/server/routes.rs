@@ -169,8 +169,8 @@ async fn moved(state: web::Data<State>) -> HttpResponse {
 }
 
 /// A scrape: the device app asked for its metrics first (within its
-/// deadline), then the registry gathered (every collector, the exporter's own
-/// state and counters) and encoded. The body goes out as it is, never
+/// deadline), then every collector run (the exporter's own state among them)
+/// and encoded with the daemon's counters. The body goes out as it is, never
 /// gzipped: on the board gzip cost as much CPU as encrypting a body four
 /// times larger does, and kept 300 KiB more resident (README, "Why the
 /// body is not compressed"). A client that refuses it gets 406.
@@ -190,5 +190,5 @@ async fn scrape(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         .content_type(metrics::CONTENT_TYPE)
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::VARY, "Accept-Encoding"))
-        .body(metrics::encode(&state.registry.gather()))
+        .body(state.collectors.scrape(&state.registry.gather()))
 }

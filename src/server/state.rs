@@ -1,5 +1,5 @@
 //! What every request shares: the configuration, the one decision, the
-//! registry, the daemon's counters and the listeners (each with its role and
+//! collectors, the daemon's counters and the listeners (each with its role and
 //! TLS).
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use super::listener::{Listener, Role};
 use super::loglimit::LogLimiter;
 use crate::auth::Authenticator;
 use crate::bridge::Bridge;
+use crate::collectors::Collectors;
 use crate::config::Config;
 use crate::device::DeviceState;
 use crate::holders::Holders;
@@ -20,7 +21,9 @@ use crate::tls::{self, device::Following};
 pub struct State {
     pub config: Config,
     pub auth: Authenticator,
-    /// The collectors and the daemon's own counters.
+    /// The collectors, run on each scrape.
+    pub collectors: Collectors,
+    /// The daemon's own counters.
     pub registry: prometheus::Registry,
     /// The device app's metrics, asked for before each gathering.
     pub bridge: Option<Arc<Bridge>>,
@@ -64,17 +67,16 @@ impl State {
         let registry = prometheus::Registry::new();
         let exporter = Exporter { listeners: listeners.clone(), device, tokens: auth.tokens().clone() };
         let bridge = Bridge::new(&config.app_metrics);
-        crate::collectors::register(&config, &registry, holders)
-            .and_then(|()| match &bridge {
-                Some(b) => crate::collectors::register_one(&registry, b.collector()),
-                None => Ok(()),
-            })
-            .and_then(|()| crate::collectors::register_one(&registry, Box::new(exporter)))
-            .map_err(|e| format!("metrics: {e}"))?;
+        let mut collectors = Collectors::new(&config, holders).map_err(|e| format!("metrics: {e}"))?;
+        if let Some(b) = &bridge {
+            collectors.push(b.collector()).map_err(|e| format!("metrics: {e}"))?;
+        }
+        collectors.push(Box::new(exporter)).map_err(|e| format!("metrics: {e}"))?;
         Ok(Arc::new(State {
             auth,
             telemetry: Telemetry::new(&registry).map_err(|e| format!("metrics: {e}"))?,
             registry,
+            collectors,
             bridge,
             refusal_log: LogLimiter::new(20, Duration::from_secs(60)),
             listeners,

@@ -53,11 +53,30 @@ fn the_apps_families_merged_without_clients_and_nothing_else() {
     assert_eq!(app.requests.lock().unwrap().len(), 1, "the app asked for a refused scrape");
 }
 
+/// TCP sockets of this host whose local port is `port`.
+fn sockets_on(port: u16) -> usize {
+    let local = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.split_whitespace().nth(1).is_some_and(|a| format!("{a} ").ends_with(&local)))
+                .count()
+        })
+        .sum()
+}
+
 #[test]
 fn asking_the_app_leaves_no_socket_on_its_port() {
     // The app closes first; were the daemon to close with a FIN, the app's
     // side would wait a minute in TIME_WAIT, counted on its port.
-    let app = AppServer::text(b"jetkvm_timesync_status 1\n");
+    // A port that this host's other sockets (thousands in TIME_WAIT after
+    // the other tests) do not also use, so every socket on it is the app's.
+    let app = std::iter::repeat_with(|| AppServer::text(b"jetkvm_timesync_status 1\n"))
+        .take(50)
+        .find(|a| sockets_on(a.addr.port()) == 1)
+        .expect("a port of its own");
     let port = app.addr.port();
     let extra = format!("{}proc_root = \"/proc\"\nconnection_ports = [{port}]\n", app.key());
     let d = Daemon::start(&extra, Some(&no_password_mode()));
