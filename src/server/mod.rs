@@ -18,6 +18,7 @@
 mod conn;
 mod credentials;
 mod exporter;
+mod formats;
 mod host;
 mod listener;
 mod loglimit;

@@ -18,6 +18,7 @@ use actix_web::{
     guard, web, App, Error, FromRequest, Handler, HttpRequest, HttpResponse, Resource, Responder, Route,
 };
 
+use super::formats;
 use super::listener::{Listener, Role};
 use super::middleware::{authenticate, follow_device, request};
 use super::refusal::{method_not_allowed, text};
@@ -145,7 +146,19 @@ async fn landing(listener: web::Data<Listener>) -> HttpResponse {
 /// `ok`, and to a client on the device itself the system version, so that
 /// `probe` can tell this daemon from anything else on the port. The
 /// version is not told to the LAN.
+///
+/// Asked by Prometheus (an `Accept` naming an exposition), it answers an
+/// empty exposition instead: a job without credentials that is `up` while
+/// the metrics job is not tells a refused credential from a device that
+/// cannot be reached.
 async fn healthz(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if formats::accepted(&req).is_some_and(|r| formats::exposition_asked(&r) && formats::text_allowed(&r)) {
+        return HttpResponse::Ok()
+            .content_type(metrics::CONTENT_TYPE)
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::VARY, "Accept"))
+            .finish();
+    }
     let same_host = req.conn_data::<Rc<ConnInfo>>().is_some_and(|c| c.same_host);
     match same_host.then(|| crate::collectors::system_version(&state.config.version_file)) {
         Some(Ok(version)) => text(StatusCode::OK, format!("ok {version}\n")),
@@ -168,20 +181,29 @@ async fn moved(state: web::Data<State>) -> HttpResponse {
     text(StatusCode::NOT_FOUND, format!("metrics are served by the metrics service on port {port}\n"))
 }
 
+/// What a scrape's answer depends on besides its path.
+const VARY: &str = "Accept, Accept-Encoding";
+
 /// A scrape: the device app asked for its metrics first (within its
 /// deadline), then every collector run (the exporter's own state among them)
 /// and encoded with the daemon's counters. The body goes out as it is, never
 /// gzipped: on the board gzip cost as much CPU as encrypting a body four
 /// times larger does, and kept 300 KiB more resident (README, "Why the
-/// body is not compressed"). A client that refuses it gets 406.
+/// body is not compressed"). A client that refuses it, or the text format
+/// (see `formats`), gets 406.
 async fn scrape(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     // No header, or one that does not parse, accepts it.
     let refused = AcceptEncoding::parse(&req)
         .is_ok_and(|accept| accept.negotiate([Encoding::identity()].iter()).is_none());
     if refused {
+        state.telemetry.bad_request();
+        return HttpResponse::NotAcceptable().insert_header((header::VARY, VARY)).body("identity\n");
+    }
+    if formats::accepted(&req).is_some_and(|r| !formats::text_allowed(&r)) {
+        state.telemetry.bad_request();
         return HttpResponse::NotAcceptable()
-            .insert_header((header::VARY, "Accept-Encoding"))
-            .body("identity\n");
+            .insert_header((header::VARY, VARY))
+            .body(format!("{}\n", metrics::CONTENT_TYPE));
     }
     if let Some(bridge) = &state.bridge {
         bridge.refresh().await;
@@ -189,6 +211,6 @@ async fn scrape(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::VARY, "Accept-Encoding"))
+        .insert_header((header::VARY, VARY))
         .body(state.collectors.scrape(&state.registry.gather()))
 }

@@ -3,9 +3,10 @@
 Prometheus (Debian's `prometheus`, on 127.0.0.1).
 
 Boots out/board/system.img with scripts/boot-board, then runs Prometheus
-with four jobs against the board: basic auth with the device password, the
-metrics token (credentials_file), a wrong password, and mTLS against the
-metrics service (with a client certificate). Checks through Prometheus's
+with five jobs against the board: basic auth with the device password, the
+metrics token (credentials_file), a wrong password, mTLS against the
+metrics service (with a client certificate), and the operator's kit's
+credential-free /healthz job. Checks through Prometheus's
 HTTP API, changes the device password inside the board (in place, as the
 device does), kills the daemon with SIGKILL and watches it come back,
 turns the device's TLS on and off (the general port follows it), checks that
@@ -17,7 +18,9 @@ drivers on the test disk (vivid, dummy_hcd, a gadget, a stand-in app that
 streams, and the open-files helper's privileges), re-exposes an exposition
 shaped like the app's served by BusyBox httpd, cuts and restores the board's
 network link through QEMU's QMP socket and checks the carrier metrics, and
-shuts the board down cleanly.
+loads the operator's kit's rules (short `for:`) and sees its alerts fire on
+what the board can provoke, checks every selector of the kit's rules and
+dashboard against the series it scraped, and shuts the board down cleanly.
 
 usage: tests/e2e/board.py [--keep]
 On failure the board's console log is copied to out/artifacts/.
@@ -25,6 +28,7 @@ On failure the board's console log is copied to out/artifacts/.
 
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -131,13 +135,14 @@ def boot(c):
 def scrapes(c):
     """Prometheus scrapes the board: basic auth, token, a wrong password, mTLS while off."""
     board = c.board
-    prom = c.prom = Prometheus(c.work, free_port(), board)
+    c.t0 = time.time()
+    prom = c.prom = Prometheus(c.work, free_port(), board, kit_rules=True)
     until("Prometheus", lambda: prom.query("up") is not None, 60)
     until("basic and token jobs up", lambda: prom.up("basic") == 1 and prom.up("token") == 1, 60)
     check("prometheus: basic-auth job up", prom.up("basic") == 1)
     check("prometheus: token job up", prom.up("token") == 1)
-    until("wrong-password job scraped", lambda: prom.up("wrong") is not None, 30)
-    check("prometheus: wrong-password job down", prom.up("wrong") == 0)
+    until("wrong-password job scraped", lambda: prom.up("jetkvm-wrong") is not None, 30)
+    check("prometheus: wrong-password job down", prom.up("jetkvm-wrong") == 0)
     check("prometheus: mTLS job down while the metrics service is off", prom.up("mtls") == 0)
     uptime = until("uptime from the board", lambda: prom.value('jetkvm_system_uptime_seconds{job="token"}'), 30)
     check("prometheus: board uptime above 0", uptime > 0, str(uptime))
@@ -147,6 +152,13 @@ def scrapes(c):
         30,
     )
     check("board: auth failure counter rose", failures >= 1, str(failures))
+    # The kit's two jobs: /healthz answers Prometheus without a credential,
+    # so a refused credential is told from a device that cannot be reached.
+    check("prometheus: the credential-free health job up",
+          until("health job up", lambda: prom.up("jetkvm-health") == 1, 30))
+    check("alerts: JetKVMScrapeRefused fires for the wrong-password job while /healthz answers",
+          until("JetKVMScrapeRefused", lambda: prom.firing("JetKVMScrapeRefused", job="jetkvm-wrong"), 60))
+    check("alerts: JetKVMDeviceUnreachable silent while /healthz answers", not prom.firing("JetKVMDeviceUnreachable"))
 
 
 def password_change(c):
@@ -236,6 +248,11 @@ def bounded_log(c):
     check("board: no log file grows in /var/log", files == "0", board.sh("ls -la /var/log/"))
     print(f"board: system log {size} bytes after 8000 filler lines and 150 refusals", flush=True)
     check("prometheus: token job up through the flood (checked over budget)", prom.up("token") == 1)
+    # A burst of wrong passwords (one, guessed again and again).
+    for _ in range(40):
+        http_status(url, basic("not-the-password"))
+    check("alerts: JetKVMBruteForce fires after a burst of wrong passwords",
+          until("JetKVMBruteForce", lambda: prom.firing("JetKVMBruteForce", job="token"), 60))
 
 
 def mtls_service(c):
@@ -261,9 +278,17 @@ def mtls_service(c):
 
 
 def init_script(c):
-    """The init script: FAIL, OK with /var/log read-only, a restart during the back-off."""
+    """The init script: stop (the kit's "unreachable" alert), FAIL, OK with
+    /var/log read-only, a restart during the back-off."""
     board = c.board
     prom = c.prom
+    out = board.sh("/etc/init.d/S95jetkvm-metrics stop; echo exit=$?", timeout=60)
+    try:
+        check("alerts: JetKVMDeviceUnreachable fires with the daemon stopped by its init script",
+              until("JetKVMDeviceUnreachable", lambda: prom.firing("JetKVMDeviceUnreachable", job="jetkvm-health"), 60), out)
+    finally:
+        board.sh("/etc/init.d/S95jetkvm-metrics start", timeout=60)
+    until("mTLS job up after the stop", lambda: prom.up("mtls") == 1, 60)
     # The init script reports what happened. A daemon that cannot start
     # (a bad configuration) is FAIL with a non-zero exit...
     cfg = "/userdata/jetkvm/metrics/config.toml"
@@ -323,6 +348,10 @@ def kvm_state(c):
         state(name)
         check(f"board: HDMI {name} after vivid's signal mode {mode}, no picture, +5 V {power}",
               value("jetkvm_hdmi_width_pixels") is None and value("jetkvm_hdmi_power_present") == power)
+        alert = {"no_signal": "JetKVMHDMICableOrHostOff", "out_of_range": "JetKVMHDMIOutOfRange"}.get(name)
+        if alert:
+            check(f"alerts: {alert} fires on vivid's {name}",
+                  until(alert, lambda: prom.firing(alert, job="mtls", state=name), 60))
     board.sh("/tmp/t/bin/dv-signal /dev/video0 mode 0 && /tmp/t/bin/dv-signal /dev/video0 timings 1080p60")
     state("ok")
     check("board: new timings 1920x1080", until("1080p", lambda: value("jetkvm_hdmi_width_pixels") == 1920, 30)
@@ -348,15 +377,23 @@ def kvm_state(c):
     check("board: unbound, the host USB link is down", until(
         "USB down", lambda: value('jetkvm_usb_gadget_state{state="not attached"}') == 1, 30)
         and value("jetkvm_usb_gadget_bound") == 0)
+    check("alerts: JetKVMHostUSBDown fires with the gadget unbound",
+          until("JetKVMHostUSBDown", lambda: prom.firing("JetKVMHostUSBDown", job="mtls"), 60))
 
     board.sh("date -s @$(( $(date +%s) + 120 )) >/dev/null")
     offset = until("RTC offset", lambda: (v := value('jetkvm_rtc_offset_seconds{rtc="rtc0"}')) is not None and v > 100 and v, 30)
-    board.sh("date -s @$(( $(date +%s) - 120 )) >/dev/null")
+    try:
+        drift = until("JetKVMClockDrift", lambda: prom.firing("JetKVMClockDrift", job="mtls"), 60)
+    finally:  # the board's certificates are short-lived: the clock goes back whatever happened
+        board.sh("date -s @$(( $(date +%s) - 120 )) >/dev/null")
+    check("alerts: JetKVMClockDrift fires with the clock 2 minutes off the RTC", drift)
     check("board: the system clock 2 minutes ahead of the RTC shows", offset and 115 <= offset <= 125, str(offset))
     check("board: the device's app down", value('jetkvm_app_up{process="jetkvm_app"}') == 0)
     # The daemon asks the same node every 5 s: its own descriptor never counts.
     check("board: nobody streams while the app is down, though the daemon queries the node",
           value("jetkvm_video_streaming") == 0 and value('jetkvm_scrape_collector_success{collector="video_streaming"}') == 1)
+    check("alerts: JetKVMAppDown fires while the app is down",
+          until("JetKVMAppDown", lambda: prom.firing("JetKVMAppDown", job="mtls", process="jetkvm_app"), 60))
     board.sh("cp /tmp/t/bin/dv-signal /tmp/jetkvm_app && (/tmp/jetkvm_app /dev/video0 hold 600 >/dev/null 2>&1 &)")
     check("board: a stand-in for the device's app up, with its start time",
           until("app up", lambda: value('jetkvm_app_up{process="jetkvm_app"}') == 1, 30)
@@ -448,6 +485,32 @@ def network_link(c):
           seen - before.get(changes, 0) >= 2 and prom.up("mtls") == 1, str(seen))
 
 
+# What the board cannot have, by selector: no extcon reports a USB cable,
+# and QEMU's virt board has no thermal zone.
+BOARD_CANNOT = {
+    r"^jetkvm_usb_target_powered\b": "no extcon on the board",
+    r"^jetkvm_thermal_zone_celsius\b": "no thermal zone on QEMU's virt board",
+}
+
+
+def kit(c):
+    """The operator's kit against this Prometheus: every selector of the
+    rules and the dashboard matched series of the board during the run
+    (but for what the board cannot have), and every rule evaluates."""
+    board, prom = c.board, c.prom
+    instance = f"127.0.0.1:({board.http}|{board.metrics})"
+    selectors = subprocess.run([f"{ROOT}/scripts/check-kit", "--selectors", instance],
+                               check=True, capture_output=True, text=True).stdout.split()
+    missing = [s for s in selectors if not prom.series(s, c.t0)]
+    unexpected = [s for s in missing if not any(re.search(p, s) for p in BOARD_CANNOT)]
+    check(f"kit: each of {len(selectors)} selectors of the rules and the dashboard matched the board's series",
+          not unexpected, "no series: " + ", ".join(unexpected))
+    stale = [p for p in BOARD_CANNOT if not any(re.search(p, s) for s in missing)]
+    check("kit: what the board cannot have is indeed missing (the list is current)", not stale, ", ".join(stale))
+    unhealthy = [f"{r['name']}: {r.get('lastError')}" for r in prom.rules() if r.get("health") != "ok"]
+    check(f"kit: every rule evaluates without error ({len(prom.rules())} rules)", not unhealthy, "; ".join(unhealthy))
+
+
 def shutdown(c):
     """A clean shutdown through init."""
     board = c.board
@@ -472,6 +535,7 @@ PHASES = [
     ("the KVM's own state", kvm_state),
     ("the device app's own metrics", app_metrics),
     ("the network link through QMP", network_link),
+    ("the operator's kit", kit),
     ("shutdown", shutdown),
 ]
 

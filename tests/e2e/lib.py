@@ -284,16 +284,37 @@ class Board:
         return {name: float(value) for name, _, value in series}
 
 
+def kit_rules_copy(work):
+    """The kit's rules (docs/kit/rules.yml) with every `for:` cut to 1 s, so
+    an alert provoked on the board fires within seconds. Nothing else of
+    them changes."""
+    with open(f"{ROOT}/docs/kit/rules.yml") as f:
+        text = f.read()
+    short = re.sub(r"^(\s+for: )\S+$", r"\g<1>1s", text, flags=re.M)
+    path = f"{work}/kit-rules.yml"
+    with open(path, "w") as f:
+        f.write(short)
+    return path
+
+
 class Prometheus:
-    def __init__(self, work, port, board, extra_jobs=""):
+    """Debian's Prometheus on loopback, scraping the board: basic auth, the
+    token, a wrong password (a metrics job of the kit's naming, so the kit's
+    "refused" alert can see it), mTLS, and the kit's credential-free health
+    job; with `kit_rules`, evaluating the kit's rules (short `for:`)."""
+
+    def __init__(self, work, port, board, extra_jobs="", kit_rules=False):
         self.port = port
         s = f"{board.state}/secrets"
         with open(f"{work}/password", "w") as f:
             f.write(board.secret("device-password"))
+        rules = f"rule_files: [{kit_rules_copy(work)}]" if kit_rules else ""
         config = f"""
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
+  evaluation_interval: 1s
+{rules}
 scrape_configs:
   - job_name: basic
     basic_auth: {{username: admin, password_file: {work}/password}}
@@ -301,8 +322,8 @@ scrape_configs:
   - job_name: token
     authorization: {{type: Bearer, credentials_file: {s}/token}}
     static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
-  - job_name: wrong
-    scrape_interval: 10s
+  - job_name: jetkvm-wrong
+    scrape_interval: 15s
     scrape_timeout: 5s
     basic_auth: {{username: admin, password: not-the-password}}
     static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
@@ -314,6 +335,9 @@ scrape_configs:
       key_file: {s}/client.key
       server_name: jetkvm.local
     static_configs: [{{targets: ["127.0.0.1:{board.metrics}"]}}]
+  - job_name: jetkvm-health
+    metrics_path: /healthz
+    static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
 {extra_jobs}"""
         with open(f"{work}/prometheus.yml", "w") as f:
             f.write(config)
@@ -336,6 +360,23 @@ scrape_configs:
 
     def up(self, job):
         return self.value(f'up{{job="{job}"}}')
+
+    def firing(self, alert, **labels):
+        """Whether the kit's `alert` fires now (with `labels`)."""
+        matchers = [f'alertname="{alert}"', 'alertstate="firing"'] + [f'{k}="{v}"' for k, v in labels.items()]
+        return self.value(f"ALERTS{{{','.join(matchers)}}}") == 1
+
+    def series(self, selector, start):
+        """The series `selector` matched since `start` (Unix seconds)."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/series?" + urllib.parse.urlencode(
+            {"match[]": selector, "start": f"{start:.0f}"})
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.load(r)["data"]
+
+    def rules(self):
+        """Every rule Prometheus evaluates, with its health."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/rules", timeout=10) as r:
+            return [rule for g in json.load(r)["data"]["groups"] for rule in g["rules"]]
 
     def stop(self):
         self.proc.terminate()

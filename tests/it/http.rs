@@ -24,7 +24,7 @@ fn metrics_are_text_format_and_never_compressed() {
     // Prometheus offers gzip; the body still goes out as it is (README).
     assert_eq!(zipped.status, 200);
     assert_eq!(zipped.header("content-encoding"), None);
-    assert_eq!(zipped.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(zipped.header("vary"), Some("Accept, Accept-Encoding"));
     assert!(zipped.text().contains("jetkvm_exporter_build_info{target=\""));
     for accepting in ["gzip;q=0, identity", "*", "identity;q=0.1, gzip", "nonsense;;q=x"] {
         let r = d.get("/metrics", &[("Accept-Encoding", accepting)]);
@@ -36,6 +36,86 @@ fn metrics_are_text_format_and_never_compressed() {
         assert_eq!(r.status, 406, "{refusing}");
         assert_eq!(r.text(), "identity\n", "{refusing}");
     }
+}
+
+/// The `Accept` Prometheus sends, by release (its `acceptHeader` over the
+/// default `scrape_protocols`, and one with the protocol buffer first, as
+/// for native histograms).
+const PROMETHEUS_ACCEPT: [(&str, &str); 5] = [
+    (
+        "2.x before scrape_protocols",
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+         text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    ),
+    (
+        "2.49 to 2.55",
+        "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,\
+         text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    ),
+    (
+        "3.0",
+        "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,\
+         application/openmetrics-text;version=0.0.1;escaping=allow-utf-8;q=0.5,\
+         text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;escaping=allow-utf-8;q=0.3,\
+         */*;q=0.2",
+    ),
+    (
+        "later 3.x (escaping only on the 1.0.0 formats)",
+        "application/openmetrics-text;version=1.0.0;escaping=underscores;q=0.6,\
+         application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=underscores;q=0.4,\
+         text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    ),
+    (
+        "3.x, protocol buffer first",
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,\
+         application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,\
+         text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    ),
+];
+
+/// A media type and its `version`, as a Content-Type or an Accept range
+/// names them.
+fn media(value: &str) -> (String, Option<String>) {
+    let mut parts = value.split(';').map(str::trim);
+    let kind = parts.next().unwrap_or_default().to_ascii_lowercase();
+    let version = parts.find_map(|p| p.strip_prefix("version=")).map(str::to_owned);
+    (kind, version)
+}
+
+#[test]
+fn each_prometheus_gets_a_format_it_offered_and_a_body_in_it() {
+    let d = Daemon::start("", Some(&no_password_mode()));
+    for (release, accept) in PROMETHEUS_ACCEPT {
+        let r = d.get("/metrics", &[("Accept", accept), ("Accept-Encoding", "gzip")]);
+        assert_eq!(r.status, 200, "{release}");
+        let served = media(r.header("content-type").expect("a Content-Type"));
+        let offered: Vec<_> = accept.split(',').map(media).collect();
+        assert!(offered.contains(&served), "{release}: {served:?} not among {offered:?}");
+        assert_eq!(served, ("text/plain".to_owned(), Some("0.0.4".to_owned())), "{release}");
+        assert_eq!(promtool_check(&r.text()), "", "{release}");
+        // Asked by Prometheus, /healthz answers an empty exposition of the
+        // same type: a credential-free job is `up` while the device answers.
+        let h = d.get("/healthz", &[("Accept", accept)]);
+        assert_eq!((h.status, h.header("content-type")), (200, r.header("content-type")), "{release}");
+        assert_eq!(h.text(), "", "{release}");
+    }
+    // Anyone else is told `ok`.
+    for accept in [None, Some("*/*"), Some("text/html,application/xhtml+xml,*/*;q=0.8")] {
+        let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("Accept", *a)).collect();
+        let h = d.get("/healthz", &headers);
+        assert_eq!((h.status, h.text()), (200, "ok\n".to_owned()), "{accept:?}");
+    }
+    // A client that takes nothing the daemon writes: 406, naming it, counted.
+    let before = d.sample("jetkvm_exporter_http_bad_requests_total", &[]);
+    for refusing in
+        ["application/openmetrics-text;version=1.0.0", "text/plain;version=1.0.0", "text/*;q=0, */*"]
+    {
+        let r = d.get("/metrics", &[("Accept", refusing)]);
+        assert_eq!(r.status, 406, "{refusing}");
+        assert_eq!(r.text(), "text/plain; version=0.0.4; charset=utf-8\n", "{refusing}");
+        assert_eq!(r.header("vary"), Some("Accept, Accept-Encoding"), "{refusing}");
+    }
+    assert_eq!(d.sample("jetkvm_exporter_http_bad_requests_total", &[]), before + 3.0);
 }
 
 #[test]
