@@ -286,7 +286,9 @@ impl DeviceState {
                 }
             }
         }
-        self.load_ok.store(state.is_ok(), Ordering::Relaxed);
+        // A device not set up yet has no file: a valid state, not a failure
+        // to read (the decision still refuses device credentials).
+        self.load_ok.store(matches!(state, Ok(_) | Err(Unavailable::Missing)), Ordering::Relaxed);
         *c = Cached { key, trusted, state: state.clone() };
         state
     }
@@ -383,6 +385,22 @@ mod tests {
         assert!(!is_supported_bcrypt(&HASH[..59]));
         assert!(!is_supported_bcrypt(&HASH.replace('N', "!")));
         assert!(!is_supported_bcrypt(""));
+    }
+
+    #[tokio::test]
+    async fn an_absent_file_loads_as_a_device_not_set_up_and_a_broken_one_fails() {
+        let dir = std::env::temp_dir().join(format!("jkm-device-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kvm_config.json");
+        let _ = std::fs::remove_file(&path);
+        let d = DeviceState::new(path.clone());
+        assert!(matches!(d.current().await, Err(Unavailable::Missing)));
+        assert!(d.load_ok(), "no file yet: a device not set up, not a failed read");
+        std::fs::write(&path, b"{\"localAuthMode\":").unwrap();
+        d.invalidate();
+        assert!(d.current().await.is_err());
+        assert!(!d.load_ok(), "a torn file is a failed read");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

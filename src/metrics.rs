@@ -39,6 +39,13 @@ pub struct Families {
     slots: Vec<Slot>,
     /// Slots named by this update: `slots[..used]`.
     used: usize,
+    /// This update's number: a sample already stamped with it was written
+    /// twice in one update.
+    update: u32,
+    /// Whether the last update finished. One that did not (its collector
+    /// failed half-way) may have added samples out of order: the next
+    /// update sorts and compacts every family.
+    finished: bool,
 }
 
 /// One family and where its samples were.
@@ -47,9 +54,12 @@ struct Slot {
     /// Where the update's k-th sample went last time: a sample's label set
     /// is checked there first, so an unchanged update never searches.
     order: Vec<u32>,
+    /// For each sample, the update that last wrote it.
+    stamps: Vec<u32>,
     /// Samples named by this update.
     emitted: usize,
-    /// Whether this update added or moved a sample: sort on finish.
+    /// Whether this update added, moved or repeated a sample: sort and
+    /// compact on finish.
     changed: bool,
 }
 
@@ -60,10 +70,12 @@ impl Families {
 
     /// Starts an update.
     pub fn begin(&mut self) {
+        let unfinished = !std::mem::replace(&mut self.finished, false);
+        self.update = self.update.wrapping_add(1);
         self.used = 0;
         for s in &mut self.slots {
             s.emitted = 0;
-            s.changed = false;
+            s.changed = unfinished;
         }
     }
 
@@ -73,9 +85,10 @@ impl Families {
         self.slots.truncate(self.used);
         for s in &mut self.slots {
             if s.changed || s.emitted != s.family.get_metric().len() {
-                s.compact();
+                s.compact(self.update);
             }
         }
+        self.finished = true;
     }
 
     /// The families of the last finished update.
@@ -93,10 +106,11 @@ impl Families {
             slot.family.set_field_type(kind.metric_type());
             slot.family.mut_metric().clear();
             slot.order.clear();
+            slot.stamps.clear();
             slot.emitted = 0;
             slot.changed = true;
         }
-        Family { slot, kind }
+        Family { slot, kind, update: self.update }
     }
 
     /// A family with a single unlabelled sample.
@@ -115,6 +129,8 @@ impl Families {
             slot.emitted = family.get_metric().len();
             slot.order.clear();
             slot.order.extend(0..slot.emitted as u32);
+            slot.stamps.clear();
+            slot.stamps.resize(slot.emitted, self.update);
             slot.changed = false;
             slot.family = family;
         }
@@ -132,7 +148,13 @@ impl Families {
             None => {
                 let mut family = MetricFamily::default();
                 family.set_name(name.to_owned());
-                self.slots.push(Slot { family, order: Vec::new(), emitted: 0, changed: true });
+                self.slots.push(Slot {
+                    family,
+                    order: Vec::new(),
+                    stamps: Vec::new(),
+                    emitted: 0,
+                    changed: true,
+                });
                 self.slots.len() - 1
             }
         };
@@ -145,7 +167,7 @@ impl Families {
 impl Slot {
     /// Drops the samples this update did not name and sorts the rest,
     /// keeping `order` pointing at each sample's new place.
-    fn compact(&mut self) {
+    fn compact(&mut self, update: u32) {
         let emitted = &self.order[..self.emitted];
         let mut old: Vec<Option<Metric>> = self.family.take_metric().into_iter().map(Some).collect();
         let mut seen = vec![false; old.len()];
@@ -166,6 +188,8 @@ impl Slot {
         for i in &mut self.order {
             *i = place[*i as usize];
         }
+        self.stamps.clear();
+        self.stamps.resize(metrics.len(), update);
         self.family.set_metric(metrics);
     }
 }
@@ -174,6 +198,7 @@ impl Slot {
 pub struct Family<'a> {
     slot: &'a mut Slot,
     kind: Kind,
+    update: u32,
 }
 
 impl Family<'_> {
@@ -190,10 +215,16 @@ impl Family<'_> {
                     let mut m = Metric::default();
                     m.set_label(label_pairs(labels));
                     metrics.push(m);
+                    slot.stamps.push(self.update.wrapping_sub(1));
                     metrics.len() - 1
                 })
             }
         };
+        // A label set written twice in this update: the family has fewer
+        // distinct samples than were written, so finish compacts it.
+        if std::mem::replace(&mut slot.stamps[i], self.update) == self.update {
+            slot.changed = true;
+        }
         let m = &mut metrics[i];
         match self.kind {
             Kind::Counter => m.set_counter(counter(value)),
@@ -383,6 +414,28 @@ mod tests {
             String::from_utf8(all).unwrap(),
             "# HELP w W.\n# TYPE w gauge\nw 0.5\n# HELP x X.\n# TYPE x gauge\nx{a=\"m\"} 2\nx{a=\"z\"} 1\n"
         );
+    }
+
+    #[test]
+    fn an_update_that_did_not_finish_is_sorted_and_compacted_by_the_next() {
+        let mut f = Families::new();
+        update(&mut f, &[("a", 1.0), ("c", 3.0)]);
+        // A collector fails half-way: a sample added at the end, one of
+        // another family, and no finish.
+        f.begin();
+        f.family("x", "X.", Kind::Gauge).sample(&[("a", "a")], 1.0).sample(&[("a", "b")], 2.0);
+        f.single("z", "Z.", Kind::Gauge, 9.0);
+        update(&mut f, &[("a", 4.0), ("b", 5.0), ("c", 6.0)]);
+        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 4\nx{a=\"b\"} 5\nx{a=\"c\"} 6\n");
+    }
+
+    #[test]
+    fn a_label_set_written_twice_leaves_no_stale_sample() {
+        let mut f = Families::new();
+        update(&mut f, &[("a", 1.0), ("a", 2.0), ("b", 3.0)]);
+        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 2\nx{a=\"b\"} 3\n");
+        update(&mut f, &[("a", 4.0), ("a", 5.0)]);
+        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 5\n");
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl Telemetry {
             bad_requests: counter(
                 registry,
                 "jetkvm_exporter_http_bad_requests_total",
-                "Requests answered 4xx for their form, not their credentials (method not allowed, a malformed settings form).",
+                "Requests answered 4xx for their form, not their credentials (method not allowed, a malformed settings form, a format or encoding the client refuses).",
             )?,
             evicted: counter(
                 registry,

@@ -27,7 +27,7 @@ impl Collector for Exporter {
     fn update(&self, out: &mut Families) -> Result<()> {
         out.single(
             "jetkvm_exporter_device_config_load_success",
-            "Whether the device's auth state (kvm_config.json) was last read successfully.",
+            "Whether the device's auth state (kvm_config.json) was last read successfully (an absent file, a device not set up yet, counts as success).",
             Kind::Gauge,
             if self.device.load_ok() { 1.0 } else { 0.0 },
         );

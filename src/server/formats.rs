@@ -33,13 +33,14 @@ pub fn text_allowed(ranges: &[QualityItem<Mime>]) -> bool {
 }
 
 /// Whether the client asks for an exposition by name (a versioned
-/// `text/plain` or OpenMetrics), as Prometheus does; a browser or `curl`
-/// does not.
+/// `text/plain`, OpenMetrics or the protocol buffer format), as Prometheus
+/// does; a browser or `curl` does not.
 pub fn exposition_asked(ranges: &[QualityItem<Mime>]) -> bool {
     ranges.iter().filter(|r| r.quality > Quality::ZERO).any(|r| {
         let m = &r.item;
         (m.type_() == "text" && m.subtype() == "plain" && m.get_param("version").is_some())
-            || (m.type_() == "application" && m.subtype() == "openmetrics-text")
+            || (m.type_() == "application"
+                && (m.subtype() == "openmetrics-text" || m.subtype() == "vnd.google.protobuf"))
     })
 }
 
@@ -99,6 +100,7 @@ mod tests {
             ("text/plain;version=0.0.4", true),
             ("application/openmetrics-text;version=1.0.0", true),
             ("application/openmetrics-text;q=0,*/*", false),
+            ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,*/*;q=0.1", true),
         ] {
             assert_eq!(exposition_asked(&ranges(accept)), asked, "{accept}");
         }

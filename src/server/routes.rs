@@ -152,18 +152,21 @@ async fn landing(listener: web::Data<Listener>) -> HttpResponse {
 /// the metrics job is not tells a refused credential from a device that
 /// cannot be reached.
 async fn healthz(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    if formats::accepted(&req).is_some_and(|r| formats::exposition_asked(&r) && formats::text_allowed(&r)) {
-        return HttpResponse::Ok()
-            .content_type(metrics::CONTENT_TYPE)
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .insert_header((header::VARY, "Accept"))
-            .finish();
-    }
-    let same_host = req.conn_data::<Rc<ConnInfo>>().is_some_and(|c| c.same_host);
-    match same_host.then(|| crate::collectors::system_version(&state.config.version_file)) {
-        Some(Ok(version)) => text(StatusCode::OK, format!("ok {version}\n")),
-        _ => text(StatusCode::OK, "ok\n"),
-    }
+    // Either answer depends on Accept: no cache may hand one to the other.
+    let mut r = if formats::accepted(&req)
+        .is_some_and(|r| formats::exposition_asked(&r) && formats::text_allowed(&r))
+    {
+        HttpResponse::Ok().content_type(metrics::CONTENT_TYPE).finish()
+    } else {
+        let same_host = req.conn_data::<Rc<ConnInfo>>().is_some_and(|c| c.same_host);
+        match same_host.then(|| crate::collectors::system_version(&state.config.version_file)) {
+            Some(Ok(version)) => text(StatusCode::OK, format!("ok {version}\n")),
+            _ => text(StatusCode::OK, "ok\n"),
+        }
+    };
+    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(header::VARY, header::HeaderValue::from_static("Accept"));
+    r
 }
 
 /// Any other path: 404 to a read, 405 to anything else.

@@ -97,13 +97,14 @@ fn each_prometheus_gets_a_format_it_offered_and_a_body_in_it() {
         // same type: a credential-free job is `up` while the device answers.
         let h = d.get("/healthz", &[("Accept", accept)]);
         assert_eq!((h.status, h.header("content-type")), (200, r.header("content-type")), "{release}");
-        assert_eq!(h.text(), "", "{release}");
+        assert_eq!((h.text().as_str(), h.header("vary")), ("", Some("Accept")), "{release}");
     }
     // Anyone else is told `ok`.
     for accept in [None, Some("*/*"), Some("text/html,application/xhtml+xml,*/*;q=0.8")] {
         let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("Accept", *a)).collect();
         let h = d.get("/healthz", &headers);
         assert_eq!((h.status, h.text()), (200, "ok\n".to_owned()), "{accept:?}");
+        assert_eq!((h.header("vary"), h.header("cache-control")), (Some("Accept"), Some("no-store")));
     }
     // A client that takes nothing the daemon writes: 406, naming it, counted.
     let before = d.sample("jetkvm_exporter_http_bad_requests_total", &[]);
