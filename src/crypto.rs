@@ -1,10 +1,6 @@
 //! The few primitives the daemon needs, all from OpenSSL: random bytes,
 //! HMAC-SHA256, constant-time comparison and wiping secrets from memory.
 
-use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
-use openssl::sign::Signer;
-
 /// Initialises OpenSSL without its error-string tables, before any other
 /// OpenSSL call (OpenSSL then ignores later requests to load them). Loading
 /// them touches pages that would stay resident for messages this daemon
@@ -133,27 +129,68 @@ unsafe impl std::alloc::GlobalAlloc for WipingAlloc {
     }
 }
 
-/// HMAC-SHA256 under a key chosen at start and never stored.
+/// HMAC-SHA256 under a key chosen at start and never stored. The keyed
+/// context is made once and reset for each MAC: a `Signer` per MAC set the
+/// key up and looked the algorithm up again each time, twice per request
+/// with basic auth (8% of a scrape's instructions in callgrind).
 pub struct Mac {
-    key: PKey<Private>,
+    ctx: std::sync::Mutex<HmacCtx>,
+}
+
+/// libcrypto's HMAC context (the openssl crate does not wrap it).
+struct HmacCtx(*mut openssl_sys::HMAC_CTX);
+
+// SAFETY: the context is only used under the mutex, one thread at a time.
+unsafe impl Send for HmacCtx {}
+
+impl Drop for HmacCtx {
+    fn drop(&mut self) {
+        // SAFETY: a context we made; freeing it wipes the key.
+        unsafe { openssl_sys::HMAC_CTX_free(self.0) }
+    }
 }
 
 impl Mac {
     pub fn new_random() -> Mac {
-        let key = PKey::hmac(&random_bytes::<32>()).expect("HMAC key");
-        Mac { key }
+        let key = Secret::from_slice(&random_bytes::<32>());
+        // SAFETY: a new context keyed from a live buffer of its length;
+        // both results are checked.
+        let ctx = unsafe {
+            let ctx = HmacCtx(openssl_sys::HMAC_CTX_new());
+            let keyed = !ctx.0.is_null()
+                && openssl_sys::HMAC_Init_ex(
+                    ctx.0,
+                    key.as_bytes().as_ptr().cast(),
+                    key.as_bytes().len() as std::ffi::c_int,
+                    openssl_sys::EVP_sha256(),
+                    std::ptr::null_mut(),
+                ) == 1;
+            assert!(keyed, "HMAC key");
+            ctx
+        };
+        Mac { ctx: std::sync::Mutex::new(ctx) }
     }
 
     /// MAC over the parts, each prefixed with its length so that
     /// ("ab", "c") and ("a", "bc") differ.
     pub fn sign(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut out = [0u8; 32];
-        let mut s = Signer::new(MessageDigest::sha256(), &self.key).expect("HMAC signer");
-        for p in parts {
-            s.update(&(p.len() as u64).to_be_bytes()).expect("HMAC update");
-            s.update(p).expect("HMAC update");
-        }
-        s.sign(&mut out).expect("HMAC sign");
+        let ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the keyed context, under its lock: a null key and digest
+        // start a new MAC under the same key; the output holds 32 bytes.
+        let ok = unsafe {
+            let mut ok =
+                openssl_sys::HMAC_Init_ex(ctx.0, std::ptr::null(), 0, std::ptr::null(), std::ptr::null_mut())
+                    == 1;
+            for p in parts {
+                let len = (p.len() as u64).to_be_bytes();
+                ok &= openssl_sys::HMAC_Update(ctx.0, len.as_ptr(), len.len()) == 1;
+                ok &= openssl_sys::HMAC_Update(ctx.0, p.as_ptr(), p.len()) == 1;
+            }
+            let mut n = 0;
+            ok && openssl_sys::HMAC_Final(ctx.0, out.as_mut_ptr(), &mut n) == 1 && n == 32
+        };
+        assert!(ok, "HMAC sign");
         out
     }
 }
@@ -161,6 +198,47 @@ impl Mac {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::sign::Signer;
+
+    #[test]
+    fn mac_is_hmac_sha256() {
+        // RFC 4231, test case 2, through the same context twice.
+        let mut ctx = std::sync::Mutex::new(HmacCtx(std::ptr::null_mut()));
+        let key = b"Jefe";
+        unsafe {
+            let c = openssl_sys::HMAC_CTX_new();
+            assert_eq!(
+                openssl_sys::HMAC_Init_ex(
+                    c,
+                    key.as_ptr().cast(),
+                    4,
+                    openssl_sys::EVP_sha256(),
+                    std::ptr::null_mut()
+                ),
+                1
+            );
+            ctx.get_mut().unwrap().0 = c;
+        }
+        let m = Mac { ctx };
+        let want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        // `sign` prefixes each part with its length: undo that by checking
+        // against a Signer over the same bytes.
+        let msg = b"what do ya want for nothing?";
+        let mut framed = (msg.len() as u64).to_be_bytes().to_vec();
+        framed.extend_from_slice(msg);
+        let pkey = PKey::hmac(key).unwrap();
+        let mut s = Signer::new(MessageDigest::sha256(), &pkey).unwrap();
+        s.update(&framed).unwrap();
+        let expected = s.sign_to_vec().unwrap();
+        for _ in 0..2 {
+            assert_eq!(m.sign(&[msg]).to_vec(), expected);
+        }
+        let mut s = Signer::new(MessageDigest::sha256(), &pkey).unwrap();
+        s.update(msg).unwrap();
+        assert_eq!(hex(&s.sign_to_vec().unwrap()), want);
+    }
 
     #[test]
     fn mac_separates_parts_and_keys() {

@@ -7,6 +7,10 @@
 //! writes new values into them. Building them afresh allocated a `Metric`
 //! and its label strings for every sample, and sorted and freed them all,
 //! on every scrape (README, "Why the families are kept between scrapes").
+//! Each family also keeps its text, written by `TextEncoder` again only
+//! after a value or label set in it changed: most of a scrape's families
+//! (sizes, limits, link attributes, idle connections) read the same as
+//! last time.
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
@@ -61,6 +65,10 @@ struct Slot {
     /// Whether this update added, moved or repeated a sample: sort and
     /// compact on finish.
     changed: bool,
+    /// The family's text as `TextEncoder` wrote it, and whether the family
+    /// changed since.
+    text: Vec<u8>,
+    stale: bool,
 }
 
 impl Families {
@@ -96,6 +104,26 @@ impl Families {
         self.slots[..self.used].iter().map(|s| &s.family)
     }
 
+    /// The families of the last finished update with their text, written
+    /// again for those that changed. A family without samples has none.
+    pub fn encoded(&mut self) -> impl Iterator<Item = (&MetricFamily, &[u8])> {
+        let encoder = TextEncoder::new();
+        self.slots[..self.used].iter_mut().map(move |s| {
+            if s.stale {
+                s.text.clear();
+                if !s.family.get_metric().is_empty() {
+                    if let Err(e) = encoder.encode(std::slice::from_ref(&s.family), &mut s.text) {
+                        log::error!("encoding metrics: {e}");
+                        s.text.clear();
+                    }
+                }
+                s.text.shrink_to(s.text.len() * 2);
+                s.stale = false;
+            }
+            (&s.family, &s.text[..])
+        })
+    }
+
     /// Starts (or goes on with) a family; its samples follow through
     /// [`Family::sample`].
     pub fn family(&mut self, name: &str, help: &str, kind: Kind) -> Family<'_> {
@@ -109,6 +137,7 @@ impl Families {
             slot.stamps.clear();
             slot.emitted = 0;
             slot.changed = true;
+            slot.stale = true;
         }
         Family { slot, kind, update: self.update }
     }
@@ -132,7 +161,10 @@ impl Families {
             slot.stamps.clear();
             slot.stamps.resize(slot.emitted, self.update);
             slot.changed = false;
-            slot.family = family;
+            if slot.family != family {
+                slot.stale = true;
+                slot.family = family;
+            }
         }
     }
 
@@ -154,6 +186,8 @@ impl Families {
                     stamps: Vec::new(),
                     emitted: 0,
                     changed: true,
+                    text: Vec::new(),
+                    stale: true,
                 });
                 self.slots.len() - 1
             }
@@ -191,6 +225,7 @@ impl Slot {
         self.stamps.clear();
         self.stamps.resize(metrics.len(), update);
         self.family.set_metric(metrics);
+        self.stale = true;
     }
 }
 
@@ -226,9 +261,16 @@ impl Family<'_> {
             slot.changed = true;
         }
         let m = &mut metrics[i];
-        match self.kind {
-            Kind::Counter => m.set_counter(counter(value)),
-            Kind::Gauge => m.set_gauge(gauge(value)),
+        let old = match self.kind {
+            Kind::Counter => m.get_counter().get_value(),
+            Kind::Gauge => m.get_gauge().get_value(),
+        };
+        if old.to_bits() != value.to_bits() || slot.changed {
+            slot.stale = true;
+            match self.kind {
+                Kind::Counter => m.set_counter(counter(value)),
+                Kind::Gauge => m.set_gauge(gauge(value)),
+            }
         }
         if k < slot.order.len() {
             slot.order[k] = i as u32;
@@ -296,34 +338,86 @@ pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
 /// The text exposition of families from many owners, as
 /// `prometheus::Registry::gather` would order them: by name, families of
 /// one name merged, none without samples. Only a merge copies.
-pub fn encode_gathered(mut families: Vec<&MetricFamily>) -> Vec<u8> {
-    families.retain(|f| !f.get_metric().is_empty());
-    families.sort_by(|a, b| a.name().cmp(b.name()));
+pub fn encode_gathered(families: Vec<&MetricFamily>) -> Vec<u8> {
     let mut buf = Vec::with_capacity(32 * 1024);
+    write_gathered(families.into_iter().map(|f| (f, &[][..])).collect(), &mut buf);
+    buf
+}
+
+/// As [`encode_gathered`], into `out`, for families that come with their
+/// text (see [`Families::encoded`]; an empty text is written here).
+pub fn write_gathered(mut families: Vec<(&MetricFamily, &[u8])>, out: &mut impl std::io::Write) {
+    families.retain(|(f, _)| !f.get_metric().is_empty());
+    families.sort_by(|a, b| a.0.name().cmp(b.0.name()));
     let encoder = TextEncoder::new();
-    for same in families.chunk_by(|a, b| a.name() == b.name()) {
+    for same in families.chunk_by(|a, b| a.0.name() == b.0.name()) {
         let written = match same {
-            [one] => encoder.encode(std::slice::from_ref(*one), &mut buf),
+            [(_, text)] if !text.is_empty() => out.write_all(text).map_err(prometheus::Error::from),
+            [(one, _)] => encoder.encode(std::slice::from_ref(*one), out),
             _ => {
-                let mut merged = same[0].clone();
-                merged.mut_metric().extend(same[1..].iter().flat_map(|f| f.get_metric().iter().cloned()));
+                let mut merged = same[0].0.clone();
+                merged.mut_metric().extend(same[1..].iter().flat_map(|f| f.0.get_metric().iter().cloned()));
                 sort_samples(&mut merged);
-                encoder.encode(std::slice::from_ref(&merged), &mut buf)
+                encoder.encode(std::slice::from_ref(&merged), out)
             }
         };
         if let Err(e) = written {
             log::error!("encoding metrics: {e}");
         }
     }
-    buf
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn text(f: &Families) -> String {
-        String::from_utf8(encode_gathered(f.iter().collect())).unwrap()
+    /// The exposition from the kept texts, checked against `TextEncoder`
+    /// writing the same families afresh.
+    fn text(f: &mut Families) -> String {
+        let fresh = encode_gathered(f.iter().collect());
+        let mut kept = Vec::new();
+        write_gathered(f.encoded().collect(), &mut kept);
+        assert_eq!(String::from_utf8(kept).unwrap(), String::from_utf8(fresh.clone()).unwrap());
+        String::from_utf8(fresh).unwrap()
+    }
+
+    #[test]
+    fn kept_texts_follow_every_change() {
+        let mut f = Families::new();
+        let steps: [&[(&str, f64)]; 7] = [
+            &[("a", 1.0), ("b", 2.0)],
+            &[("a", 1.0), ("b", 2.0)], // unchanged: texts as they were
+            &[("a", 1.0), ("b", 2.5)], // a value
+            &[("b", 2.5), ("c", 0.0)], // a label set gone, one new
+            &[],                       // no samples: no family
+            &[("c", f64::NAN), ("a", -0.0)],
+            &[("c", f64::NAN), ("a", 0.0)], // the sign of zero is a change
+        ];
+        for (i, step) in steps.iter().enumerate() {
+            update(&mut f, step);
+            let t = text(&mut f);
+            assert_eq!(t.is_empty(), step.is_empty(), "step {i}: {t}");
+        }
+        assert!(text(&mut f).contains("x{a=\"a\"} 0\n"));
+        // A family's help changing, and families from elsewhere.
+        f.begin();
+        f.single("x", "Other help.", Kind::Gauge, 1.0);
+        f.finish();
+        assert!(text(&mut f).contains("Other help."));
+        let mut app = MetricFamily::default();
+        app.set_name("z".into());
+        app.set_help("Z.".into());
+        app.set_field_type(MetricType::GAUGE);
+        let mut m = Metric::default();
+        m.set_gauge(gauge(1.0));
+        app.mut_metric().push(m);
+        for value in [1.0, 1.0, 7.0] {
+            app.mut_metric()[0].set_gauge(gauge(value));
+            f.begin();
+            f.extend([app.clone()]);
+            f.finish();
+            assert!(text(&mut f).ends_with(&format!("z {value}\n")));
+        }
     }
 
     /// One update of `f` with `samples` in family `x`.
@@ -346,7 +440,7 @@ mod tests {
             .sample(&[("a", "e")], 0.25);
         f.finish();
         assert_eq!(
-            text(&f),
+            text(&mut f),
             "# HELP x_total Help with \\\\ and\\nnewline.\n# TYPE x_total counter\n\
              x_total{a=\"e\"} 0.25\nx_total{a=\"q\\\"b\\\\c\\nd\"} 3\n\
              # HELP y A gauge.\n# TYPE y gauge\ny -2\n"
@@ -364,7 +458,7 @@ mod tests {
             f.iter().next().unwrap().get_metric().iter().map(|m| m as *const _).collect();
         assert_eq!(before, after, "the same metrics, not new ones");
         assert!(!f.slots[0].changed);
-        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 4\nx{a=\"b\"} 3\n");
+        assert_eq!(text(&mut f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 4\nx{a=\"b\"} 3\n");
     }
 
     #[test]
@@ -372,13 +466,13 @@ mod tests {
         let mut f = Families::new();
         update(&mut f, &[("b", 1.0), ("a", 2.0)]);
         update(&mut f, &[("c", 5.0), ("a", 6.0)]);
-        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 6\nx{a=\"c\"} 5\n");
+        assert_eq!(text(&mut f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 6\nx{a=\"c\"} 5\n");
         // The order of this update is remembered: the next one is exact.
         update(&mut f, &[("c", 7.0), ("a", 8.0)]);
         assert!(!f.slots[0].changed);
-        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 8\nx{a=\"c\"} 7\n");
+        assert_eq!(text(&mut f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 8\nx{a=\"c\"} 7\n");
         update(&mut f, &[]);
-        assert_eq!(text(&f), "", "a family without samples is not written");
+        assert_eq!(text(&mut f), "", "a family without samples is not written");
     }
 
     #[test]
@@ -392,12 +486,12 @@ mod tests {
         f.family("a", "A.", Kind::Counter).sample(&[("l", "1")], 3.0);
         f.family("a", "A.", Kind::Counter).sample(&[("l", "0")], 4.0);
         f.finish();
-        assert_eq!(text(&f), "# HELP a A.\n# TYPE a counter\na{l=\"0\"} 4\na{l=\"1\"} 3\n");
+        assert_eq!(text(&mut f), "# HELP a A.\n# TYPE a counter\na{l=\"0\"} 4\na{l=\"1\"} 3\n");
         // A family whose type changed starts again.
         f.begin();
         f.single("a", "A.", Kind::Gauge, 5.0);
         f.finish();
-        assert_eq!(text(&f), "# HELP a A.\n# TYPE a gauge\na 5\n");
+        assert_eq!(text(&mut f), "# HELP a A.\n# TYPE a gauge\na 5\n");
     }
 
     #[test]
@@ -426,16 +520,16 @@ mod tests {
         f.family("x", "X.", Kind::Gauge).sample(&[("a", "a")], 1.0).sample(&[("a", "b")], 2.0);
         f.single("z", "Z.", Kind::Gauge, 9.0);
         update(&mut f, &[("a", 4.0), ("b", 5.0), ("c", 6.0)]);
-        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 4\nx{a=\"b\"} 5\nx{a=\"c\"} 6\n");
+        assert_eq!(text(&mut f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 4\nx{a=\"b\"} 5\nx{a=\"c\"} 6\n");
     }
 
     #[test]
     fn a_label_set_written_twice_leaves_no_stale_sample() {
         let mut f = Families::new();
         update(&mut f, &[("a", 1.0), ("a", 2.0), ("b", 3.0)]);
-        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 2\nx{a=\"b\"} 3\n");
+        assert_eq!(text(&mut f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 2\nx{a=\"b\"} 3\n");
         update(&mut f, &[("a", 4.0), ("a", 5.0)]);
-        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 5\n");
+        assert_eq!(text(&mut f), "# HELP x X.\n# TYPE x gauge\nx{a=\"a\"} 5\n");
     }
 
     #[test]
@@ -448,6 +542,6 @@ mod tests {
         f.begin();
         f.extend(given);
         f.finish();
-        assert_eq!(text(&f), "# HELP x X.\n# TYPE x gauge\nx{a=\"p\"} 2\nx{a=\"q\"} 3\n");
+        assert_eq!(text(&mut f), "# HELP x X.\n# TYPE x gauge\nx{a=\"p\"} 2\nx{a=\"q\"} 3\n");
     }
 }

@@ -1,9 +1,12 @@
 //! The daemon's own counters (auth outcomes, HTTP errors, evictions), as
-//! `prometheus` counters in the registry the collectors are in.
+//! `prometheus` counters, exposed beside the collectors' families.
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, Result};
+use std::sync::{Mutex, MutexGuard};
+
+use prometheus::{IntCounter, Result};
 
 use crate::auth::{Method, Reason};
+use crate::metrics::{Families, Kind};
 
 /// Connection-level problems actix or our limits ended a connection for.
 #[derive(Clone, Copy, Debug)]
@@ -46,9 +49,12 @@ impl HttpError {
     }
 }
 
-/// The daemon's counters, registered in the same `prometheus` registry as
-/// the collectors. One handle per label value, made at start: counting is
-/// an atomic add, and every series is exposed from the first scrape on.
+/// The daemon's counters. One `prometheus` counter per label value, made
+/// at start: counting is an atomic add, and every series is exposed from
+/// the first scrape on. A scrape writes their values into families kept
+/// between scrapes (`metrics::Families`), as the collectors do; a
+/// `prometheus::Registry` would build every family, label pair and sample
+/// again on each scrape.
 pub struct Telemetry {
     auth_failures: Vec<IntCounter>,
     auth_successes: Vec<IntCounter>,
@@ -57,81 +63,92 @@ pub struct Telemetry {
     evicted: IntCounter,
     refused: IntCounter,
     scrapes: IntCounter,
+    kept: Mutex<Families>,
 }
 
-/// A counter family with one label, a handle for each of `values`.
-fn counter_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: &[&str],
-) -> Result<Vec<IntCounter>> {
-    let vec = IntCounterVec::new(Opts::new(name, help), &[label])?;
-    registry.register(Box::new(vec.clone()))?;
-    Ok(values.iter().map(|v| vec.with_label_values(&[*v])).collect())
-}
+const AUTH_FAILURES: (&str, &str) =
+    ("jetkvm_exporter_auth_failures_total", "Requests for metrics or the settings page refused, by reason.");
+const AUTH_SUCCESSES: (&str, &str) =
+    ("jetkvm_exporter_auth_successes_total", "Requests for metrics or the settings page allowed, by method.");
+const HTTP_ERRORS: (&str, &str) = (
+    "jetkvm_exporter_http_errors_total",
+    "Connections ended for malformed, oversized or stalled requests, plain HTTP while the device's TLS is on, or I/O errors.",
+);
+const SINGLE: [(&str, &str); 4] = [
+    (
+        "jetkvm_exporter_http_bad_requests_total",
+        "Requests answered 4xx for their form, not their credentials (method not allowed, a malformed settings form, a format or encoding the client refuses).",
+    ),
+    ("jetkvm_exporter_connections_evicted_total", "Idle connections closed to make room under the connection limit."),
+    (
+        "jetkvm_exporter_connections_refused_total",
+        "New connections closed at once because every open connection was busy.",
+    ),
+    ("jetkvm_exporter_scrapes_total", "Scrapes served, this one included."),
+];
 
-fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter> {
-    let c = IntCounter::new(name, help)?;
-    registry.register(Box::new(c.clone()))?;
-    Ok(c)
+fn counters(n: usize) -> Result<Vec<IntCounter>> {
+    (0..n).map(|_| IntCounter::new("c", "c")).collect()
 }
 
 impl Telemetry {
-    pub fn new(registry: &Registry) -> Result<Telemetry> {
-        let build = IntGaugeVec::new(
-            Opts::new("jetkvm_exporter_build_info", "Version and target of this exporter; always 1."),
-            &["version", "target"],
-        )?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::TARGET]).set(1);
-        registry.register(Box::new(build))?;
-        let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.label()).collect();
-        let methods: Vec<&str> = Method::ALL.iter().map(|m| m.label()).collect();
-        let errors: Vec<&str> = HttpError::ALL.iter().map(|e| e.label()).collect();
+    pub fn new() -> Result<Telemetry> {
         Ok(Telemetry {
-            auth_failures: counter_vec(
-                registry,
-                "jetkvm_exporter_auth_failures_total",
-                "Requests for metrics or the settings page refused, by reason.",
-                "reason",
-                &reasons,
-            )?,
-            auth_successes: counter_vec(
-                registry,
-                "jetkvm_exporter_auth_successes_total",
-                "Requests for metrics or the settings page allowed, by method.",
-                "method",
-                &methods,
-            )?,
-            http_errors: counter_vec(
-                registry,
-                "jetkvm_exporter_http_errors_total",
-                "Connections ended for malformed, oversized or stalled requests, plain HTTP while the device's TLS is on, or I/O errors.",
-                "reason",
-                &errors,
-            )?,
-            bad_requests: counter(
-                registry,
-                "jetkvm_exporter_http_bad_requests_total",
-                "Requests answered 4xx for their form, not their credentials (method not allowed, a malformed settings form, a format or encoding the client refuses).",
-            )?,
-            evicted: counter(
-                registry,
-                "jetkvm_exporter_connections_evicted_total",
-                "Idle connections closed to make room under the connection limit.",
-            )?,
-            refused: counter(
-                registry,
-                "jetkvm_exporter_connections_refused_total",
-                "New connections closed at once because every open connection was busy.",
-            )?,
-            scrapes: counter(
-                registry,
-                "jetkvm_exporter_scrapes_total",
-                "Scrapes served, this one included.",
-            )?,
+            auth_failures: counters(Reason::ALL.len())?,
+            auth_successes: counters(Method::ALL.len())?,
+            http_errors: counters(HttpError::ALL.len())?,
+            bad_requests: IntCounter::new("c", "c")?,
+            evicted: IntCounter::new("c", "c")?,
+            refused: IntCounter::new("c", "c")?,
+            scrapes: IntCounter::new("c", "c")?,
+            kept: Mutex::new(Families::new()),
         })
+    }
+
+    /// The counters' families, with this moment's values.
+    pub fn families(&self) -> MutexGuard<'_, Families> {
+        let mut f = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        f.begin();
+        f.family("jetkvm_exporter_build_info", "Version and target of this exporter; always 1.", Kind::Gauge)
+            .sample(&[("target", crate::TARGET), ("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        let by_label = |f: &mut Families,
+                        (name, help): (&str, &str),
+                        label,
+                        values: &[IntCounter],
+                        labels: &mut dyn Iterator<Item = &'static str>| {
+            let mut family = f.family(name, help, Kind::Counter);
+            for (c, value) in values.iter().zip(labels) {
+                family.sample(&[(label, value)], c.get() as f64);
+            }
+        };
+        by_label(
+            &mut f,
+            AUTH_FAILURES,
+            "reason",
+            &self.auth_failures,
+            &mut Reason::ALL.iter().map(|r| r.label()),
+        );
+        by_label(
+            &mut f,
+            AUTH_SUCCESSES,
+            "method",
+            &self.auth_successes,
+            &mut Method::ALL.iter().map(|m| m.label()),
+        );
+        by_label(
+            &mut f,
+            HTTP_ERRORS,
+            "reason",
+            &self.http_errors,
+            &mut HttpError::ALL.iter().map(|e| e.label()),
+        );
+        for ((name, help), c) in
+            SINGLE.iter().zip([&self.bad_requests, &self.evicted, &self.refused, &self.scrapes])
+        {
+            f.single(name, help, Kind::Counter, c.get() as f64);
+        }
+        f.finish();
+        f
     }
 
     pub fn auth_failure(&self, r: Reason) {
@@ -162,5 +179,61 @@ impl Telemetry {
 
     pub fn scrape(&self) {
         self.scrapes.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+    /// The same counters in a `prometheus::Registry`, as they were
+    /// exposed before: the kept families must encode to the same text.
+    #[test]
+    fn encodes_as_the_registry_did() {
+        let t = Telemetry::new().unwrap();
+        let r = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new("jetkvm_exporter_build_info", "Version and target of this exporter; always 1."),
+            &["version", "target"],
+        )
+        .unwrap();
+        build.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::TARGET]).set(1);
+        r.register(Box::new(build)).unwrap();
+        let vec = |(name, help): (&str, &str), label: &str, values: Vec<&str>| {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap();
+            r.register(Box::new(v.clone())).unwrap();
+            values.into_iter().map(|x| v.with_label_values(&[x])).collect::<Vec<_>>()
+        };
+        let failures = vec(AUTH_FAILURES, "reason", Reason::ALL.iter().map(|r| r.label()).collect());
+        let successes = vec(AUTH_SUCCESSES, "method", Method::ALL.iter().map(|m| m.label()).collect());
+        let errors = vec(HTTP_ERRORS, "reason", HttpError::ALL.iter().map(|e| e.label()).collect());
+        let single: Vec<_> = SINGLE
+            .iter()
+            .map(|(name, help)| {
+                let c = IntCounter::new(*name, *help).unwrap();
+                r.register(Box::new(c.clone())).unwrap();
+                c
+            })
+            .collect();
+        let text =
+            |t: &Telemetry| String::from_utf8(crate::metrics::encode_gathered(t.families().iter().collect()));
+        let want = || String::from_utf8(crate::metrics::encode(&r.gather()));
+        assert_eq!(text(&t), want());
+        // Counts land on their own series, and a second scrape updates them.
+        for _ in 0..2 {
+            t.auth_failure(Reason::ALL[3]);
+            failures[3].inc();
+            t.auth_success(Method::ALL[1]);
+            successes[1].inc();
+            t.http_error(HttpError::Timeout);
+            errors[HttpError::Timeout as usize].inc();
+            t.bad_request();
+            t.evicted();
+            t.refused();
+            t.scrape();
+            single.iter().for_each(IntCounter::inc);
+            assert_eq!(text(&t), want());
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sysinfo::{Pid, Process, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use super::collector::{read, Collector, Error, Result};
+use super::collector::{read_optional, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 pub struct App(Found);
@@ -102,7 +102,7 @@ impl Found {
         if s.pids.iter().any(Option::is_none) {
             // No process created since the last walk: none can have the
             // missing names now.
-            let newest = read(Path::new("/proc/loadavg")).ok().as_deref().and_then(last_pid);
+            let newest = read_optional(Path::new("/proc/loadavg")).as_deref().and_then(last_pid);
             if s.walk_due(lost, newest) {
                 if let Err(e) = s.find(&self.names) {
                     s.failed = Some(e.to_string());
@@ -134,7 +134,7 @@ impl State {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<usize>().ok()) else {
                 continue;
             };
-            let Ok(got) = read(&entry.path().join("comm")) else { continue };
+            let Some(got) = read_optional(&entry.path().join("comm")) else { continue };
             let got = got.trim_end_matches('\n');
             if names.iter().zip(&self.pids).any(|(n, found)| found.is_none() && got == comm(n)) {
                 candidates.push(Pid::from(pid));

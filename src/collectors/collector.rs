@@ -62,10 +62,11 @@ pub(super) struct Kept {
 }
 
 impl Kept {
-    /// Its families, if the run succeeded: a collector that fails half-way
-    /// hands over nothing partial.
-    pub fn families(&self) -> impl Iterator<Item = &MetricFamily> {
-        self.ok.then(|| self.families.iter()).into_iter().flatten()
+    /// Its families, each with its text (see `Families::encoded`), if the
+    /// run succeeded: a collector that fails half-way hands over nothing
+    /// partial.
+    pub fn encoded(&mut self) -> impl Iterator<Item = (&MetricFamily, &[u8])> {
+        self.ok.then(|| self.families.encoded()).into_iter().flatten()
     }
 }
 
@@ -114,24 +115,46 @@ impl Timed {
 /// `status` where this makes three, and a system call is the dearest thing
 /// a scrape does on the device's core. "Not there" is [`Error::NoData`].
 pub(crate) fn read(path: &Path) -> Result<String> {
-    read_upto(path, true)
+    read_upto(path, true).map_err(|e| read_error(path, e))
+}
+
+/// [`read`] for a file that may be missing or refused (an attribute a
+/// driver lacks, or refuses while its link is down): no error message is
+/// made for it.
+pub(crate) fn read_optional(path: &Path) -> Option<String> {
+    read_upto(path, true).ok()
 }
 
 /// Reads a file of many records (`/proc/net/dev`, `/proc/net/tcp`): the
 /// kernel may end a read early at a record, so only an empty read ends it.
 pub(crate) fn read_table(path: &Path) -> Result<String> {
-    read_upto(path, false)
+    read_upto(path, false).map_err(|e| read_error(path, e))
 }
 
 /// Larger than any file a collector reads; a file that grows past it fails.
 const READ_MAX: usize = 16 << 20;
 
-fn read_upto(path: &Path, short_read_ends: bool) -> Result<String> {
+/// Why a read failed, made into a message only when asked for.
+enum ReadError {
+    Io(io::Error),
+    TooLarge,
+    NotText,
+}
+
+fn read_error(path: &Path, e: ReadError) -> Error {
+    match e {
+        ReadError::Io(e) => io_error(path, e),
+        ReadError::TooLarge => Error::Failed(format!("{}: larger than {READ_MAX} bytes", path.display())),
+        ReadError::NotText => parse_error(path, "not UTF-8 text"),
+    }
+}
+
+fn read_upto(path: &Path, short_read_ends: bool) -> std::result::Result<String, ReadError> {
     use std::io::Read;
     // One page, kept per thread: most files fit, and a fresh buffer per
     // read would be zeroed, then wiped when freed (see `crypto::WipingAlloc`).
     thread_local!(static PAGE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 4096]));
-    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let mut file = std::fs::File::open(path).map_err(ReadError::Io)?;
     let mut text = Vec::new();
     PAGE.with(|page| {
         let page = &mut page.borrow_mut()[..];
@@ -144,18 +167,15 @@ fn read_upto(path: &Path, short_read_ends: bool) -> Result<String> {
                         return Ok(());
                     }
                     if text.len() > READ_MAX {
-                        return Err(Error::Failed(format!(
-                            "{}: larger than {READ_MAX} bytes",
-                            path.display()
-                        )));
+                        return Err(ReadError::TooLarge);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_error(path, e)),
+                Err(e) => return Err(ReadError::Io(e)),
             }
         }
     })?;
-    String::from_utf8(text).map_err(|_| parse_error(path, "not UTF-8 text"))
+    String::from_utf8(text).map_err(|_| ReadError::NotText)
 }
 
 pub(crate) fn io_error(path: &Path, e: io::Error) -> Error {

@@ -12,7 +12,7 @@
 
 use std::sync::Mutex;
 
-use prometheus::proto::MetricFamily;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::config::Config;
 use crate::holders::Holders;
@@ -54,6 +54,8 @@ pub mod parsers {
 pub struct Collectors {
     timed: Vec<Timed>,
     status: Mutex<Families>,
+    /// The body's buffer, and the last body's length.
+    out: Mutex<(BytesMut, usize)>,
 }
 
 impl Collectors {
@@ -64,7 +66,7 @@ impl Collectors {
         let procfs = config.proc_root.clone();
         let sysfs = config.sys_root.clone();
         let gadget = sysfs.join("kernel/config/usb_gadget").join(&config.usb_gadget);
-        let mut all = Collectors { timed: Vec::new(), status: Mutex::default() };
+        let mut all = Collectors { timed: Vec::new(), status: Mutex::default(), out: Mutex::default() };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(time::Time),
             Box::new(loadavg::LoadAvg),
@@ -119,8 +121,8 @@ impl Collectors {
     /// hold, their success and duration, and `own` (families of the
     /// daemon's counters) encoded by name, as `prometheus::Registry` orders
     /// a gathering.
-    pub fn scrape(&self, own: &[MetricFamily]) -> Vec<u8> {
-        let kept: Vec<_> = self.timed.iter().map(Timed::run).collect();
+    pub fn scrape(&self, own: &mut Families) -> Bytes {
+        let mut kept: Vec<_> = self.timed.iter().map(Timed::run).collect();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.begin();
         let mut took = status.family(collector::DURATION, collector::DURATION_HELP, Kind::Gauge);
@@ -132,7 +134,15 @@ impl Collectors {
             ok.sample(&[("collector", t.name())], if k.ok { 1.0 } else { 0.0 });
         }
         status.finish();
-        let families = kept.iter().flat_map(|k| k.families()).chain(status.iter()).chain(own);
-        crate::metrics::encode_gathered(families.collect())
+        let families = kept.iter_mut().flat_map(|k| k.encoded()).chain(status.encoded()).chain(own.encoded());
+        let mut guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let (out, last) = &mut *guard;
+        // The last body has been sent and dropped by now: `reserve` takes
+        // its memory back rather than allocating (and the allocator
+        // wiping) a new one per scrape.
+        out.reserve((*last + *last / 8).max(16 * 1024));
+        crate::metrics::write_gathered(families.collect(), &mut out.writer());
+        *last = out.len();
+        out.split().freeze()
     }
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::collector::{io_error, read, Collector, Error, Result};
+use super::collector::{io_error, read_optional, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 pub struct NetClass {
@@ -34,7 +34,7 @@ pub struct Link {
 /// One attribute's text, or `None` if the kernel refuses it (EINVAL while
 /// the link is down) or the driver lacks it.
 fn attr(dir: &Path, name: &str) -> Option<String> {
-    read(&dir.join(name)).ok().map(|s| s.trim().to_owned())
+    read_optional(&dir.join(name)).map(|s| s.trim().to_owned())
 }
 
 /// The link of `dir` (`/sys/class/net/<device>`).

@@ -1,10 +1,14 @@
 //! The daemon's own `process_*` metrics, as client libraries name them:
 //! virtual memory, file descriptors and start time through sysinfo; CPU
 //! time and the descriptor limit through nix. Resident memory comes from
-//! `/proc/self/smaps_rollup`: the kernel's split RSS counters, which
-//! sysinfo reads (`statm`), undercount a multi-threaded process by
-//! megabytes on the device's kernel. The thread count is the `Threads:`
-//! line of `status`.
+//! `/proc/self/smaps_rollup` on kernels before 6.2: their split RSS
+//! counters, which sysinfo reads (`statm`), undercount a multi-threaded
+//! process by megabytes (each thread holds back up to 64 faults, and a
+//! fault maps up to 16 pages). From 6.2 the counters are per-CPU, off by
+//! at most a batch (32 pages) per CPU, and `status` gives them: the walk
+//! of every page table that `smaps_rollup` costs was a fifth of a scrape's
+//! CPU on a large host (docs/BENCHMARKS.md). The thread count is the
+//! `Threads:` line of `status`.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -12,26 +16,37 @@ use std::sync::Mutex;
 use nix::sys::resource::{getrlimit, getrusage, Resource, UsageWho, RLIM_INFINITY};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use super::collector::{read, Collector, Error, Result};
+use super::collector::{read_optional, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 pub struct Process {
     system: Mutex<System>,
     pid: Pid,
+    /// Whether `status`'s `VmRSS` is the resident size (kernel 6.2 on).
+    counters_hold: bool,
 }
 
 impl Process {
     pub fn new() -> std::result::Result<Self, String> {
         let pid = sysinfo::get_current_pid().map_err(|e| format!("process: {e}"))?;
         let system = System::new().map_err(|e| format!("process: {e}"))?;
-        Ok(Process { system: Mutex::new(system), pid })
+        let counters_hold = System::kernel_version().is_ok_and(|v| percpu_rss_counters(&v));
+        Ok(Process { system: Mutex::new(system), pid, counters_hold })
     }
 }
 
-/// `Threads:` of `status`. sysinfo counts threads only by refreshing each
-/// as a process of its own (a file read or more apiece).
-fn threads(self_dir: &Path) -> Option<u64> {
-    read(&self_dir.join("status")).ok()?.lines().find_map(|l| l.strip_prefix("Threads:"))?.trim().parse().ok()
+/// Whether a kernel release (`6.1.0-57-armmp`) keeps RSS in per-CPU
+/// counters: 6.2 and later.
+fn percpu_rss_counters(release: &str) -> bool {
+    let mut n = release.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().ok());
+    matches!((n.next().flatten(), n.next().flatten()), (Some(major), Some(minor)) if (major, minor) >= (6, 2))
+}
+
+/// A number of `status` (`Threads:`, `VmRSS:`), without its unit.
+/// sysinfo counts threads only by refreshing each as a process of its own
+/// (a file read or more apiece).
+fn status_field(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix(key))?.split_whitespace().next()?.parse().ok()
 }
 
 /// User and system CPU time of every thread of this process, in seconds.
@@ -41,12 +56,10 @@ fn cpu_seconds() -> Result<f64> {
     Ok(secs(u.user_time()) + secs(u.system_time()))
 }
 
-/// `Rss:` of `smaps_rollup`, in bytes.
-fn rss(self_dir: &Path) -> Option<u64> {
-    let text = read(&self_dir.join("smaps_rollup")).ok()?;
-    let kb: u64 =
-        text.lines().find_map(|l| l.strip_prefix("Rss:"))?.split_whitespace().next()?.parse().ok()?;
-    kb.checked_mul(1024)
+/// `Rss:` of `smaps_rollup`, in kB.
+fn smaps_rss(self_dir: &Path) -> Option<u64> {
+    let text = read_optional(&self_dir.join("smaps_rollup"))?;
+    text.lines().find_map(|l| l.strip_prefix("Rss:"))?.split_whitespace().next()?.parse().ok()
 }
 
 impl Collector for Process {
@@ -71,7 +84,13 @@ impl Collector for Process {
             Kind::Counter,
             cpu_seconds()?,
         );
-        let resident = rss(Path::new("/proc/self")).unwrap_or(p.memory());
+        let status = read_optional(Path::new("/proc/self/status")).unwrap_or_default();
+        let kb = if self.counters_hold {
+            status_field(&status, "VmRSS:")
+        } else {
+            smaps_rss(Path::new("/proc/self"))
+        };
+        let resident = kb.and_then(|kb| kb.checked_mul(1024)).unwrap_or(p.memory());
         out.single(
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
@@ -98,7 +117,7 @@ impl Collector for Process {
                 soft as f64,
             );
         }
-        if let Some(threads) = threads(Path::new("/proc/self")) {
+        if let Some(threads) = status_field(&status, "Threads:") {
             out.single(
                 "process_threads",
                 "Number of OS threads in the process.",
@@ -113,5 +132,32 @@ impl Collector for Process {
             p.start_time() as f64,
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_cpu_counters_from_6_2() {
+        for (release, held) in [
+            ("6.1.0-57-armmp", false),
+            ("5.10.160", false),
+            ("6.2", true),
+            ("6.18.44-fc", true),
+            ("7.0.1", true),
+        ] {
+            assert_eq!(percpu_rss_counters(release), held, "{release}");
+        }
+        assert!(!percpu_rss_counters("unknown"));
+    }
+
+    #[test]
+    fn status_fields() {
+        let status = "Name:\tx\nVmRSS:\t   7876 kB\nThreads:\t4\n";
+        assert_eq!(status_field(status, "VmRSS:"), Some(7876));
+        assert_eq!(status_field(status, "Threads:"), Some(4));
+        assert_eq!(status_field(status, "VmSwap:"), None);
     }
 }

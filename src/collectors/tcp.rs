@@ -26,12 +26,15 @@ pub const STATES: [&str; 11] = [
 pub struct Tcp {
     procfs: PathBuf,
     ports: Vec<u16>,
+    /// The ports as label values, made once.
+    labels: Vec<String>,
     diag: super::sock_diag::Diag,
 }
 
 impl Tcp {
     pub fn new(procfs: PathBuf, ports: Vec<u16>) -> Self {
-        Tcp { procfs, ports, diag: Default::default() }
+        let labels = ports.iter().map(u16::to_string).collect();
+        Tcp { diag: super::sock_diag::Diag::new(&ports), procfs, ports, labels }
     }
 }
 
@@ -41,24 +44,19 @@ impl Collector for Tcp {
     }
 
     fn update(&self, out: &mut Families) -> Result<()> {
-        let sockets = if self.ports.is_empty() {
-            Vec::new()
-        } else if self.procfs == std::path::Path::new("/proc") {
-            match self.diag.tcp_sockets() {
-                Ok(s) => s,
-                Err(e) => {
-                    log::debug!("sock_diag: {e}; reading /proc/net/tcp");
-                    self.read_tables()?
-                }
-            }
-        } else {
-            self.read_tables()?
-        };
         // counts[port index][state index]
         let mut counts = vec![[0u64; STATES.len()]; self.ports.len()];
-        for (port, state) in sockets {
-            if let Some(i) = self.ports.iter().position(|p| *p == port) {
-                counts[i][state as usize] += 1;
+        if !self.ports.is_empty() {
+            let live = self.procfs == std::path::Path::new("/proc");
+            if !live
+                || self
+                    .diag
+                    .count(&mut counts)
+                    .map_err(|e| log::debug!("sock_diag: {e}; reading net/tcp"))
+                    .is_err()
+            {
+                counts.fill(Default::default());
+                self.count_tables(&mut counts)?;
             }
         }
         self.write(&counts, out);
@@ -67,9 +65,8 @@ impl Collector for Tcp {
 }
 
 impl Tcp {
-    /// Sockets from `net/tcp` and `net/tcp6` under the proc root.
-    fn read_tables(&self) -> Result<Vec<(u16, u8)>> {
-        let mut all = Vec::new();
+    /// Counts the sockets in `net/tcp` and `net/tcp6` under the proc root.
+    fn count_tables(&self, counts: &mut [[u64; STATES.len()]]) -> Result<()> {
         let mut found = 0;
         for file in ["net/tcp", "net/tcp6"] {
             let path = under(&self.procfs, file);
@@ -80,12 +77,16 @@ impl Tcp {
                 Err(e) => return Err(e),
             };
             found += 1;
-            all.extend(parse_sockets(&text).map_err(|e| parse_error(&path, e))?);
+            for (port, state) in parse_sockets(&text).map_err(|e| parse_error(&path, e))? {
+                if let Some(i) = self.ports.iter().position(|p| *p == port) {
+                    counts[i][state as usize] += 1;
+                }
+            }
         }
         if found == 0 {
             return Err(Error::NoData(format!("{}: no net/tcp", self.procfs.display())));
         }
-        Ok(all)
+        Ok(())
     }
 
     fn write(&self, counts: &[[u64; STATES.len()]], out: &mut Families) {
@@ -94,10 +95,9 @@ impl Tcp {
             "TCP sockets whose local port is one of the device's services, by state.",
             Kind::Gauge,
         );
-        for (port, row) in self.ports.iter().zip(counts) {
-            let port = port.to_string();
+        for (port, row) in self.labels.iter().zip(counts) {
             for (state, n) in STATES.iter().zip(row) {
-                f.sample(&[("port", &port), ("state", state)], *n as f64);
+                f.sample(&[("port", port), ("state", state)], *n as f64);
             }
         }
     }

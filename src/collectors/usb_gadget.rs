@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::collector::{io_error, read, Collector, Error, Result};
+use super::collector::{io_error, read, read_optional, Collector, Error, Result};
 use crate::metrics::{Families, Kind};
 
 /// The USB device states the kernel reports (`usb_state_string`), so each
@@ -54,7 +54,7 @@ impl Collector for UsbGadget {
             let name = entry.file_name().to_string_lossy().into_owned();
             let state = read(&entry.path().join("state"))?;
             // Older kernels have no current_speed: no speed sample.
-            let mut speed = read(&entry.path().join("current_speed")).ok().map(|s| s.trim().to_owned());
+            let mut speed = read_optional(&entry.path().join("current_speed")).map(|s| s.trim().to_owned());
             let mut state = state.trim().to_owned();
             // No gadget bound (an empty `function`): the link is down, though
             // the kernel may leave the last state and speed in place (it
@@ -105,7 +105,7 @@ impl UsbGadget {
         let mut powered: Vec<(String, bool)> = entries
             .flatten()
             .filter_map(|e| {
-                let state = read(&e.path().join("state")).ok()?;
+                let state = read_optional(&e.path().join("state"))?;
                 Some((e.file_name().to_string_lossy().into_owned(), usb_powered(&state)?))
             })
             .collect();

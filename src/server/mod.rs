@@ -179,6 +179,7 @@ pub async fn serve(state: Arc<State>, sockets: Vec<std::net::TcpListener>) -> Re
             .map_err(|e| format!("{} {addr}: {}", l.role.config_key(), io_reason(&e)))?;
     }
     let server = builder.run();
+    crate::tuning::after_start();
     let hup = actix_web::rt::spawn(reload_on_hangup(state, hup));
     let result = server.await.map_err(|e| e.to_string());
     hup.abort();

@@ -215,5 +215,5 @@ async fn scrape(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         .content_type(metrics::CONTENT_TYPE)
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::VARY, VARY))
-        .body(state.collectors.scrape(&state.registry.gather()))
+        .body(state.collectors.scrape(&mut state.telemetry.families()))
 }

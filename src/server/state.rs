@@ -23,10 +23,9 @@ pub struct State {
     pub auth: Authenticator,
     /// The collectors, run on each scrape.
     pub collectors: Collectors,
-    /// The daemon's own counters.
-    pub registry: prometheus::Registry,
     /// The device app's metrics, asked for before each gathering.
     pub bridge: Option<Arc<Bridge>>,
+    /// The daemon's own counters.
     pub telemetry: Telemetry,
     pub listeners: Vec<Arc<Listener>>,
     pub refusal_log: LogLimiter,
@@ -64,7 +63,6 @@ impl State {
             }));
         }
         let auth = Authenticator::new(&config, device.clone());
-        let registry = prometheus::Registry::new();
         let exporter = Exporter { listeners: listeners.clone(), device, tokens: auth.tokens().clone() };
         let bridge = Bridge::new(&config.app_metrics);
         let mut collectors = Collectors::new(&config, holders).map_err(|e| format!("metrics: {e}"))?;
@@ -74,8 +72,7 @@ impl State {
         collectors.push(Box::new(exporter)).map_err(|e| format!("metrics: {e}"))?;
         Ok(Arc::new(State {
             auth,
-            telemetry: Telemetry::new(&registry).map_err(|e| format!("metrics: {e}"))?,
-            registry,
+            telemetry: Telemetry::new().map_err(|e| format!("metrics: {e}"))?,
             collectors,
             bridge,
             refusal_log: LogLimiter::new(20, Duration::from_secs(60)),

@@ -134,6 +134,53 @@ fn name_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
+/// Mozilla's intermediate TLS 1.3 suites and TLS 1.2 ciphers with
+/// ChaCha20-Poly1305 first. On a CPU without AES instructions (the
+/// device's Cortex-A7) OpenSSL's AES-GCM is table-free bit-slicing: in the
+/// board a scrape over ChaCha20-Poly1305 cost less CPU (docs/BENCHMARKS.md,
+/// "TLS"). Go's TLS server makes the same choice on such CPUs.
+fn chacha_first() -> (&'static str, String) {
+    let tls13 = "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384";
+    let (chacha, rest): (Vec<&str>, Vec<&str>) =
+        INTERMEDIATE_TLS12.split(':').partition(|c| c.contains("CHACHA20"));
+    (tls13, [chacha, rest].concat().join(":"))
+}
+
+/// Mozilla's intermediate TLS 1.2 ciphers, as `mozilla_intermediate_v5`
+/// sets them.
+const INTERMEDIATE_TLS12: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+    ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:\
+    ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384";
+
+/// Whether the CPU has AES instructions (and, on x86, carry-less
+/// multiplication for GCM).
+fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "arm")]
+    {
+        // <asm/hwcap.h>: HWCAP2_AES is bit 0 (ARMv8's crypto extension
+        // in AArch32; a Cortex-A7 has none).
+        // SAFETY: getauxval reads the auxiliary vector; no pointers.
+        unsafe { libc::getauxval(libc::AT_HWCAP2) & 1 != 0 }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(not(any(
+        target_arch = "arm",
+        target_arch = "aarch64",
+        target_arch = "x86",
+        target_arch = "x86_64"
+    )))]
+    {
+        false
+    }
+}
+
 /// Client certificates a context requires: verified against `cas`, with
 /// one of `allowed` SANs if that is not empty.
 pub(super) struct Mtls<'a> {
@@ -157,6 +204,11 @@ pub(super) fn context(
     // record buffer until the next one overwrites them.
     const CLEANSE_PLAINTEXT: SslOptions = SslOptions::from_bits_retain(1 << 1);
     b.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE | CLEANSE_PLAINTEXT);
+    if !aes_in_hardware() {
+        let (tls13, tls12) = chacha_first();
+        b.set_ciphersuites(tls13)?;
+        b.set_cipher_list(&tls12)?;
+    }
     if mtls.is_some() {
         // No resumption: every connection verifies a certificate against
         // the CAs of now. The context id is set as OpenSSL requires when
@@ -215,6 +267,25 @@ pub(super) fn context(
 
 #[cfg(test)]
 mod tests {
+    use openssl::ssl::{SslAcceptor, SslMethod};
+
+    #[test]
+    fn chacha_first_keeps_the_intermediate_set() {
+        let (tls13, tls12) = super::chacha_first();
+        assert!(tls13.starts_with("TLS_CHACHA20_POLY1305_SHA256:"));
+        assert!(
+            tls12.starts_with("ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128")
+        );
+        let mut a: Vec<_> = tls12.split(':').collect();
+        let mut b: Vec<_> = super::INTERMEDIATE_TLS12.split(':').collect();
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b);
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        acceptor.set_ciphersuites(tls13).unwrap();
+        acceptor.set_cipher_list(&tls12).unwrap();
+    }
+
     #[test]
     fn wildcards() {
         assert!(super::name_matches("*.lan", "jetkvm.lan"));
