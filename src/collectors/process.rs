@@ -5,10 +5,11 @@
 //! counters, which sysinfo reads (`statm`), undercount a multi-threaded
 //! process by megabytes (each thread holds back up to 64 faults, and a
 //! fault maps up to 16 pages). From 6.2 the counters are per-CPU, off by
-//! at most a batch (32 pages) per CPU, and `status` gives them: the walk
-//! of every page table that `smaps_rollup` costs was a fifth of a scrape's
-//! CPU on a large host (docs/BENCHMARKS.md). The thread count is the
-//! `Threads:` line of `status`.
+//! at most a batch per CPU (32 pages up to 16 CPUs, twice the CPU count
+//! beyond), and `status` gives them: the walk of every page table that
+//! `smaps_rollup` costs was a fifth of a scrape's CPU on a large host
+//! (docs/BENCHMARKS.md). The thread count is the `Threads:` line of
+//! `status`.
 
 use std::path::Path;
 use std::sync::Mutex;

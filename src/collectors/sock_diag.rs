@@ -53,7 +53,7 @@ struct Kept {
     /// Address families (IPv4, IPv6) this kernel has no TCP dump for: its
     /// `inet_diag` or `tcp_diag` is a module not loaded, or not built. Not
     /// asked again: each request would have the kernel run `modprobe` for
-    /// it, and wait for it (1.6 ms a scrape on the board, whose image has
+    /// it, and wait for it (1.7 ms a scrape on the board, whose image has
     /// neither module).
     absent: [bool; 2],
 }
