@@ -152,7 +152,10 @@ impl Drop for HmacCtx {
 
 impl Mac {
     pub fn new_random() -> Mac {
-        let key = Secret::from_slice(&random_bytes::<32>());
+        Mac::keyed(Secret::from_slice(&random_bytes::<32>()).as_bytes())
+    }
+
+    fn keyed(key: &[u8]) -> Mac {
         // SAFETY: a new context keyed from a live buffer of its length;
         // both results are checked.
         let ctx = unsafe {
@@ -160,8 +163,8 @@ impl Mac {
             let keyed = !ctx.0.is_null()
                 && openssl_sys::HMAC_Init_ex(
                     ctx.0,
-                    key.as_bytes().as_ptr().cast(),
-                    key.as_bytes().len() as std::ffi::c_int,
+                    key.as_ptr().cast(),
+                    key.len() as std::ffi::c_int,
                     openssl_sys::EVP_sha256(),
                     std::ptr::null_mut(),
                 ) == 1;
@@ -205,23 +208,8 @@ mod tests {
     #[test]
     fn mac_is_hmac_sha256() {
         // RFC 4231, test case 2, through the same context twice.
-        let mut ctx = std::sync::Mutex::new(HmacCtx(std::ptr::null_mut()));
         let key = b"Jefe";
-        unsafe {
-            let c = openssl_sys::HMAC_CTX_new();
-            assert_eq!(
-                openssl_sys::HMAC_Init_ex(
-                    c,
-                    key.as_ptr().cast(),
-                    4,
-                    openssl_sys::EVP_sha256(),
-                    std::ptr::null_mut()
-                ),
-                1
-            );
-            ctx.get_mut().unwrap().0 = c;
-        }
-        let m = Mac { ctx };
+        let m = Mac::keyed(key);
         let want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
         // `sign` prefixes each part with its length: undo that by checking
         // against a Signer over the same bytes.

@@ -337,15 +337,19 @@ pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
 
 /// The text exposition of families from many owners, as
 /// `prometheus::Registry::gather` would order them: by name, families of
-/// one name merged, none without samples. Only a merge copies.
+/// one name merged, none without samples. Only a merge copies. What the
+/// kept texts are checked against.
+#[cfg(test)]
 pub fn encode_gathered(families: Vec<&MetricFamily>) -> Vec<u8> {
     let mut buf = Vec::with_capacity(32 * 1024);
     write_gathered(families.into_iter().map(|f| (f, &[][..])).collect(), &mut buf);
     buf
 }
 
-/// As [`encode_gathered`], into `out`, for families that come with their
-/// text (see [`Families::encoded`]; an empty text is written here).
+/// The text exposition of families from many owners, as
+/// `prometheus::Registry::gather` would order them: by name, families of
+/// one name merged, none without samples; into `out`. Each family comes
+/// with its text (see [`Families::encoded`]); an empty one is written here.
 pub fn write_gathered(mut families: Vec<(&MetricFamily, &[u8])>, out: &mut impl std::io::Write) {
     families.retain(|(f, _)| !f.get_metric().is_empty());
     families.sort_by(|a, b| a.0.name().cmp(b.0.name()));

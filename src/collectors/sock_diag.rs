@@ -44,7 +44,6 @@ impl Drop for Fd {
 /// ports.
 pub struct Diag {
     kept: std::sync::Mutex<Kept>,
-    ports: Vec<u16>,
 }
 
 struct Kept {
@@ -59,9 +58,9 @@ struct Kept {
 }
 
 impl Diag {
+    /// For `ports`, the ones every `count` is given.
     pub fn new(ports: &[u16]) -> Diag {
-        let kept = Kept { fd: None, request: request(ports), absent: [false; 2] };
-        Diag { kept: std::sync::Mutex::new(kept), ports: ports.to_vec() }
+        Diag { kept: std::sync::Mutex::new(Kept { fd: None, request: request(ports), absent: [false; 2] }) }
     }
 }
 
@@ -193,10 +192,11 @@ fn parse(mut b: &[u8], ports: &[u16], counts: &mut [[u64; 11]]) -> io::Result<bo
 }
 
 impl Diag {
-    /// Counts the TCP sockets on the ports, IPv4 and IPv6, into `counts`
-    /// (one row per port). IPv6 may be absent from the kernel; without
-    /// the IPv4 dump this is an error every time, asked of the kernel once.
-    pub fn count(&self, counts: &mut [[u64; 11]]) -> io::Result<()> {
+    /// Counts the TCP sockets on `ports` (those it was made for), IPv4
+    /// and IPv6, into `counts` (one row per port). IPv6 may be absent from
+    /// the kernel; without the IPv4 dump this is an error every time,
+    /// asked of the kernel once.
+    pub fn count(&self, ports: &[u16], counts: &mut [[u64; 11]]) -> io::Result<()> {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         let Kept { fd, request, absent } = &mut *kept;
         let unsupported = || io::Error::new(io::ErrorKind::Unsupported, "no TCP socket dump in this kernel");
@@ -207,7 +207,7 @@ impl Diag {
             Some(sock) => sock,
             None => open().inspect_err(|e| absent[0] = no_dump(e))?,
         };
-        if let Err(e) = dump(&sock, libc::AF_INET as u8, request, &self.ports, counts) {
+        if let Err(e) = dump(&sock, libc::AF_INET as u8, request, ports, counts) {
             if no_dump(&e) {
                 absent[0] = true;
                 return Err(unsupported());
@@ -215,7 +215,7 @@ impl Diag {
             return Err(e);
         }
         if !absent[1] {
-            match dump(&sock, libc::AF_INET6 as u8, request, &self.ports, counts) {
+            match dump(&sock, libc::AF_INET6 as u8, request, ports, counts) {
                 Ok(()) => {}
                 Err(e) if no_dump(&e) => absent[1] = true,
                 Err(e) => return Err(e),
@@ -239,11 +239,12 @@ mod tests {
             .iter()
             .flat_map(|(l, n)| (0..*n).map(|_| std::net::TcpStream::connect(("127.0.0.1", port(l))).unwrap()))
             .collect();
-        let diag = Diag::new(&[port(&a), port(&b)]);
+        let ports = [port(&a), port(&b)];
+        let diag = Diag::new(&ports);
         // Twice: the second dump on the kept socket.
         for _ in 0..2 {
             let mut counts = [[0u64; 11]; 2];
-            diag.count(&mut counts).unwrap();
+            diag.count(&ports, &mut counts).unwrap();
             // listen (index 9) and established (0), each port its own.
             assert_eq!((counts[0][9], counts[0][0]), (1, 2), "{counts:?}");
             assert_eq!((counts[1][9], counts[1][0]), (1, 1), "{counts:?}");

@@ -51,7 +51,7 @@ impl Collector for Tcp {
             if !live
                 || self
                     .diag
-                    .count(&mut counts)
+                    .count(&self.ports, &mut counts)
                     .map_err(|e| log::debug!("sock_diag: {e}; reading net/tcp"))
                     .is_err()
             {

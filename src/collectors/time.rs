@@ -37,8 +37,8 @@ impl Collector for Time {
     fn update(&self, out: &mut Families) -> Result<()> {
         let uptime = System::uptime().map_err(|e| Error::Failed(format!("uptime: {e}")))?;
         let boot = boot_time()?;
-        // When btime cannot be read sysinfo answers seconds since boot,
-        // which is no time since the epoch: report a failure, not a 1970s date.
+        // A clock not set yet (near 1970) puts boot within the uptime:
+        // report a failure, not a 1970s date.
         if boot <= uptime {
             return Err(Error::Failed("boot time: btime unavailable".into()));
         }

@@ -138,7 +138,8 @@ fn name_matches(pattern: &str, host: &str) -> bool {
 /// ChaCha20-Poly1305 first. On a CPU without AES instructions (the
 /// device's Cortex-A7) OpenSSL's AES-GCM is table-free bit-slicing: in the
 /// board a scrape over ChaCha20-Poly1305 cost less CPU (docs/BENCHMARKS.md,
-/// "TLS"). Go's TLS server makes the same choice on such CPUs.
+/// "What the named stack cost, won back"). Go's TLS server makes the same
+/// choice on such CPUs.
 fn chacha_first() -> (&'static str, String) {
     let tls13 = "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384";
     let (chacha, rest): (Vec<&str>, Vec<&str>) =
