@@ -45,7 +45,11 @@ pub struct Config {
     pub host_names: Vec<String>,
     /// The device's USB gadget: `sys_root/kernel/config/usb_gadget/<name>`.
     pub usb_gadget: String,
-    /// Process names of the device's app (as `comm` has them: 15 bytes).
+    /// Names of the device app's binaries (as `comm` has them: 15 bytes):
+    /// the first is the app's own (its supervisor, app and native
+    /// processes in newer builds, told apart by parentage and command
+    /// line), any other a separate native binary (`jetkvm_native` in older
+    /// builds). Empty: the app is not looked for.
     pub app_processes: Vec<String>,
     pub video: Video,
     /// The device app's own `/metrics`, re-exposed in part.
@@ -434,7 +438,8 @@ impl Auth {
 
 /// TCP ports, each once.
 fn connection_ports(p: &mut Problems, v: Option<Vec<i64>>) -> Vec<u16> {
-    let Some(v) = v else { return vec![80, 443, 8554] };
+    // What the device serves: its web UI, and HTTPS when its TLS is on.
+    let Some(v) = v else { return vec![80, 443] };
     let mut ports = Vec::new();
     for n in v {
         match u16::try_from(n) {
@@ -528,8 +533,8 @@ fn metrics_service(p: &mut Problems, m: RawMetricsService, general: SocketAddr) 
 /// The most `app_processes`: each is a few reads per scrape.
 const APP_PROCESSES_MAX: usize = 8;
 
-/// Process names, each once; the device's app and its native helper by
-/// default.
+/// Process names, each once: the app's binary, and the older builds'
+/// separate native binary, by default.
 fn app_processes(p: &mut Problems, v: Option<Vec<String>>) -> Vec<String> {
     let Some(v) = v else { return vec!["jetkvm_app".into(), "jetkvm_native".into()] };
     let mut out: Vec<String> = Vec::new();
@@ -624,7 +629,7 @@ mod tests {
     fn defaults_from_empty_file() {
         let c = Config::parse("", "c.toml").unwrap();
         assert_eq!(c.listen_addr, "0.0.0.0:3080".parse().unwrap());
-        assert_eq!(c.connection_ports, vec![80, 443, 8554]);
+        assert_eq!(c.connection_ports, vec![80, 443]);
         assert_eq!(c.workers, 1);
     }
 

@@ -135,7 +135,13 @@ pub fn answer(pids: &[u32], names: &[String], capture: &Path) -> Answers {
         .iter()
         .take(MAX_PIDS)
         .map(|&pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            // A process that ended is not the app; a name that cannot be
+            // read (a descriptor limit, a refusal) is not a "no".
+            let comm = match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+                Ok(comm) => comm,
+                Err(e) if gone(&e) => return Answer::NotTheApp,
+                Err(_) => return Answer::Unreadable,
+            };
             let comm = comm.trim_end_matches('\n');
             // Names are at most 15 bytes (the configuration says so): as
             // `comm` keeps them.
@@ -146,13 +152,18 @@ pub fn answer(pids: &[u32], names: &[String], capture: &Path) -> Answers {
                 (true, Some(rdev)) => match holds(pid, rdev) {
                     Ok(true) => Answer::Open,
                     Ok(false) => Answer::Closed,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Answer::NotTheApp,
+                    Err(e) if gone(&e) => Answer::NotTheApp,
                     Err(_) => Answer::Unreadable,
                 },
             }
         })
         .collect();
     Answers { node: rdev.is_some(), pids }
+}
+
+/// A process that ended between the asking and the reading.
+fn gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
 }
 
 /// Whether `pid` holds the character device `rdev` open. Only links into
@@ -303,6 +314,32 @@ mod tests {
             Answers { node: true, pids: vec![Answer::NotTheApp, Answer::NotTheApp] }
         );
         assert!(!answer(&[], &names, Path::new("/nonexistent")).node);
+    }
+
+    /// A name that cannot be read is not a "no": with no descriptor left
+    /// (a limit the daemon's user may lower), the answer is unreadable.
+    #[test]
+    fn a_name_that_cannot_be_read_is_unreadable_not_another_process() {
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        let names = vec![comm.trim_end().to_owned()];
+        // SAFETY: the child only sets a limit, reads, and leaves with
+        // `_exit`; glibc's allocator is fork-safe.
+        match unsafe { libc::fork() } {
+            0 => {
+                let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                // SAFETY: plain system calls on this process.
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &none) };
+                let a = answer(&[unsafe { libc::getppid() } as u32], &names, Path::new("/dev/null"));
+                unsafe { libc::_exit(a.pids[0] as i32) }
+            }
+            child => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+                assert!(libc::WIFEXITED(status));
+                assert_eq!(libc::WEXITSTATUS(status), Answer::Unreadable as i32);
+            }
+        }
     }
 
     #[test]

@@ -17,36 +17,62 @@ pub const MAX_ANSWER: usize = 256 * 1024;
 /// The text format's media type, the one asked for.
 const ACCEPT: &str = "text/plain;version=0.0.4";
 
+/// Why the app's metrics were not had.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing listens: the app is down or serves no metrics.
+    Refused(String),
+    /// The app asks for credentials (`401` or `403`): its newer builds
+    /// may protect `/metrics`.
+    Unauthorized(String),
+    Other(String),
+}
+
 /// The body of a `200 OK` answer in the text format. The caller bounds the
 /// time taken.
-/// A failure to connect carries its kind: "refused" means the app is not
-/// serving, not that something is wrong.
-pub async fn get(addr: SocketAddr) -> Result<String, (Option<io::ErrorKind>, String)> {
-    let mut stream =
-        TcpStream::connect(addr).await.map_err(|e| (Some(e.kind()), format!("connecting to {addr}: {e}")))?;
+pub async fn get(addr: SocketAddr) -> Result<String, Failure> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| {
+        let msg = format!("connecting to {addr}: {e}");
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            Failure::Refused(msg)
+        } else {
+            Failure::Other(msg)
+        }
+    })?;
     // Closed with a reset once read, not a FIN: the app, which closes
     // first, then keeps no TIME_WAIT socket on its port for a minute after
     // every scrape, and `connection_ports` does not count this daemon.
     let abort = libc::linger { l_onoff: 1, l_linger: 0 };
-    setsockopt(&stream, sockopt::Linger, &abort).map_err(|e| (None, format!("{addr}: SO_LINGER: {e}")))?;
-    exchange(&mut stream, addr).await.map_err(|e| (None, e))
+    setsockopt(&stream, sockopt::Linger, &abort)
+        .map_err(|e| Failure::Other(format!("{addr}: SO_LINGER: {e}")))?;
+    exchange(&mut stream, addr).await
 }
 
-async fn exchange(stream: &mut TcpStream, addr: SocketAddr) -> Result<String, String> {
+async fn exchange(stream: &mut TcpStream, addr: SocketAddr) -> Result<String, Failure> {
     let request = format!(
         "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nAccept: {ACCEPT}\r\nUser-Agent: jetkvm-metrics\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("asking {addr}: {e}"))?;
+    let other = Failure::Other;
+    stream.write_all(request.as_bytes()).await.map_err(|e| other(format!("asking {addr}: {e}")))?;
     let mut answer = Vec::with_capacity(16 * 1024);
     stream
         .take(MAX_ANSWER as u64 + 1)
         .read_to_end(&mut answer)
         .await
-        .map_err(|e| format!("reading {addr}: {e}"))?;
+        .map_err(|e| other(format!("reading {addr}: {e}")))?;
     if answer.len() > MAX_ANSWER {
-        return Err(format!("{addr}: an answer over {} KiB", MAX_ANSWER / 1024));
+        return Err(other(format!("{addr}: an answer over {} KiB", MAX_ANSWER / 1024)));
     }
-    body(answer).map_err(|e| format!("{addr}: {e}"))
+    if matches!(status(&answer), Some("401" | "403")) {
+        return Err(Failure::Unauthorized(format!("{addr}: /metrics asks for credentials")));
+    }
+    body(answer).map_err(|e| other(format!("{addr}: {e}")))
+}
+
+/// The status code of an answer's first line.
+fn status(answer: &[u8]) -> Option<&str> {
+    let line = answer.split(|&b| b == b'\r').next()?;
+    std::str::from_utf8(line).ok()?.strip_prefix("HTTP/1.")?.get(2..5)
 }
 
 /// The body of a whole answer, if it is a complete `200` in the text format.
@@ -94,6 +120,8 @@ mod tests {
             b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: 4\r\n\r\na 1\n";
         assert_eq!(body(ok.to_vec()).unwrap(), "a 1\n");
         assert_eq!(body(b"HTTP/1.1 200 OK\r\n\r\n".to_vec()).unwrap(), "");
+        assert_eq!(status(b"HTTP/1.1 401 Unauthorized\r\n\r\n"), Some("401"));
+        assert_eq!(status(b"SSH-2.0-OpenSSH\r\n"), None);
         for (answer, why) in [
             (
                 &b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\na 1\n"[..],

@@ -5,12 +5,14 @@
 //! worker never blocks), reads the answer (`exposition`), keeps and merges
 //! what belongs to the app (`merge`), and the `app_metrics` collector hands
 //! that to the scrape, or reports success 0 when the app did not answer.
+//! An app that asks for credentials (newer builds may protect its
+//! `/metrics`) is a state, not a failure: `jetkvm_app_metrics_auth_required`
+//! says so, and one log line when it starts and one when it ends.
 
 mod exposition;
 mod fetch;
 mod merge;
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use crate::collectors::{Collector, Error, Families, Kind, Result};
 use crate::config::AppMetrics;
 
 pub use exposition::parse;
+use fetch::Failure;
 pub use merge::{kept, merge};
 
 /// The app's address, the deadline, and what the last scrape got.
@@ -33,12 +36,6 @@ pub struct Bridge {
 struct Fetched {
     took: Duration,
     result: std::result::Result<Vec<MetricFamily>, Failure>,
-}
-
-enum Failure {
-    /// Nothing listens: the app is down or serves no metrics.
-    Refused(String),
-    Other(String),
 }
 
 impl Bridge {
@@ -56,8 +53,7 @@ impl Bridge {
             Ok(Ok(text)) => parse(&text, kept)
                 .and_then(merge)
                 .map_err(|e| Failure::Other(format!("{}: {e}", self.address))),
-            Ok(Err((Some(io::ErrorKind::ConnectionRefused), msg))) => Err(Failure::Refused(msg)),
-            Ok(Err((_, msg))) => Err(Failure::Other(msg)),
+            Ok(Err(failure)) => Err(failure),
             Err(_) => Err(Failure::Other(format!("{}: no answer within {:?}", self.address, self.timeout))),
         };
         let fetched = Fetched { took: start.elapsed(), result };
@@ -66,11 +62,30 @@ impl Bridge {
 
     /// The collector that hands the last answer to the scrape.
     pub fn collector(self: &Arc<Self>) -> Box<dyn Collector> {
-        Box::new(AppMetricsCollector(self.clone()))
+        Box::new(AppMetricsCollector { bridge: self.clone(), auth_required: Mutex::new(false) })
     }
 }
 
-struct AppMetricsCollector(Arc<Bridge>);
+struct AppMetricsCollector {
+    bridge: Arc<Bridge>,
+    /// Whether the app asked for credentials last time: the log says
+    /// when that starts and ends, not on every scrape.
+    auth_required: Mutex<bool>,
+}
+
+impl AppMetricsCollector {
+    fn auth_required(&self, now: bool, why: &str) {
+        let mut was = self.auth_required.lock().unwrap_or_else(|e| e.into_inner());
+        match (*was, now) {
+            (false, true) => {
+                log::warn!("app metrics: {why}; its metrics are not re-exposed until it stops asking")
+            }
+            (true, false) => log::info!("app metrics: the app serves its metrics without credentials again"),
+            _ => {}
+        }
+        *was = now;
+    }
+}
 
 impl Collector for AppMetricsCollector {
     fn name(&self) -> &'static str {
@@ -79,21 +94,34 @@ impl Collector for AppMetricsCollector {
 
     fn update(&self, out: &mut Families) -> Result<()> {
         // Taken, not copied: each gathering follows its own asking.
-        let last = self.0.last.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let last = self.bridge.last.lock().unwrap_or_else(|e| e.into_inner()).take();
         let fetched = last.ok_or_else(|| Error::NoData("not asked yet".into()))?;
-        match fetched.result {
+        let result = match fetched.result {
             Ok(families) => {
                 out.extend(families);
-                out.single(
-                    "jetkvm_app_metrics_fetch_duration_seconds",
-                    "Time the device app took to answer for its own metrics.",
-                    Kind::Gauge,
-                    fetched.took.as_secs_f64(),
-                );
-                Ok(())
+                self.auth_required(false, "");
+                Ok(false)
+            }
+            Err(Failure::Unauthorized(why)) => {
+                self.auth_required(true, &why);
+                Ok(true)
             }
             Err(Failure::Refused(msg)) => Err(Error::NoData(msg)),
             Err(Failure::Other(msg)) => Err(Error::Failed(msg)),
-        }
+        };
+        let auth_required = result?;
+        out.single(
+            "jetkvm_app_metrics_auth_required",
+            "Whether the device app asked for credentials for its own metrics (then they are not re-exposed).",
+            Kind::Gauge,
+            if auth_required { 1.0 } else { 0.0 },
+        );
+        out.single(
+            "jetkvm_app_metrics_fetch_duration_seconds",
+            "Time the device app took to answer for its own metrics.",
+            Kind::Gauge,
+            fetched.took.as_secs_f64(),
+        );
+        Ok(())
     }
 }

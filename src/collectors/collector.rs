@@ -59,6 +59,10 @@ pub(super) struct Kept {
     /// Whether it succeeded: only then are its families whole.
     pub ok: bool,
     pub took: f64,
+    /// Why it last failed, if it did: a failure is logged when it starts
+    /// or its reason changes, not on every scrape (the device's log is a
+    /// small ring).
+    failure: Option<(bool, String)>,
 }
 
 impl Kept {
@@ -72,7 +76,8 @@ impl Kept {
 
 impl Timed {
     pub(super) fn new(inner: Box<dyn Collector>) -> Timed {
-        Timed { inner, kept: Mutex::new(Kept { families: Families::new(), ok: false, took: 0.0 }) }
+        let kept = Kept { families: Families::new(), ok: false, took: 0.0, failure: None };
+        Timed { inner, kept: Mutex::new(kept) }
     }
 
     pub(super) fn name(&self) -> &'static str {
@@ -87,17 +92,21 @@ impl Timed {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let start = Instant::now();
         kept.families.begin();
-        kept.ok = match self.inner.update(&mut kept.families) {
-            Ok(()) => true,
-            Err(Error::NoData(msg)) => {
-                log::debug!("collector {name}: no data: {msg}");
-                false
-            }
-            Err(Error::Failed(msg)) => {
-                log::warn!("collector {name}: {msg}");
-                false
-            }
+        let failure = match self.inner.update(&mut kept.families) {
+            Ok(()) => None,
+            Err(Error::NoData(msg)) => Some((false, msg)),
+            Err(Error::Failed(msg)) => Some((true, msg)),
         };
+        if failure != kept.failure {
+            match (&failure, &kept.failure) {
+                (Some((false, msg)), _) => log::debug!("collector {name}: no data: {msg}"),
+                (Some((true, msg)), _) => log::warn!("collector {name}: {msg}"),
+                (None, Some((true, _))) => log::info!("collector {name}: working again"),
+                (None, _) => {}
+            }
+        }
+        kept.ok = failure.is_none();
+        kept.failure = failure;
         if kept.ok {
             kept.families.finish();
         }

@@ -75,13 +75,40 @@ pub struct Timings {
     pub width: u32,
     pub height: u32,
     pub interlaced: bool,
-    /// Frames per second: the pixel clock over the total frame.
+    /// Pictures per second: frames, or fields when interlaced (1080i60
+    /// has 60 fields, 30 frames).
     pub refresh: f64,
+}
+
+/// How a receiver's driver reports an interlaced signal's pixel clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// As V4L2 defines it (vivid, most drivers): the clock of the whole
+    /// frame, so a frame takes the total frame's pixels.
+    Standard,
+    /// Toshiba's TC358743 family (the device's tc35874x): the driver
+    /// measures a field, doubles the height and halves the pixel clock, so
+    /// the clock over the total frame is a quarter of the field rate.
+    HalvedWhenInterlaced,
+}
+
+/// Drivers whose V4L2 name marks [`Clock::HalvedWhenInterlaced`].
+const HALVED_CLOCK_DRIVERS: [&str; 2] = ["tc358743", "tc35874x"];
+
+impl Clock {
+    /// The clock a node's V4L2 name (sysfs `name`) implies.
+    pub fn of(name: &str) -> Clock {
+        if HALVED_CLOCK_DRIVERS.iter().any(|d| name.contains(d)) {
+            Clock::HalvedWhenInterlaced
+        } else {
+            Clock::Standard
+        }
+    }
 }
 
 /// The timings' picture; the total frame counts the blanking, and both
 /// fields of an interlaced frame.
-pub fn timings(bt: &BtTimings) -> Timings {
+pub fn timings(bt: &BtTimings, clock: Clock) -> Timings {
     let bt = *bt;
     let total_width =
         u64::from(bt.width) + u64::from(bt.hfrontporch) + u64::from(bt.hsync) + u64::from(bt.hbackporch);
@@ -93,8 +120,14 @@ pub fn timings(bt: &BtTimings) -> Timings {
     }
     let frame = total_width * total_height;
     let pixelclock = bt.pixelclock;
-    let refresh = if frame == 0 { 0.0 } else { pixelclock as f64 / frame as f64 };
-    Timings { width: bt.width, height: bt.height, interlaced, refresh }
+    let frames = if frame == 0 { 0.0 } else { pixelclock as f64 / frame as f64 };
+    // Two fields a frame; twice again where the driver halved the clock.
+    let per_frame = match (interlaced, clock) {
+        (false, _) => 1.0,
+        (true, Clock::Standard) => 2.0,
+        (true, Clock::HalvedWhenInterlaced) => 4.0,
+    };
+    Timings { width: bt.width, height: bt.height, interlaced, refresh: frames * per_frame }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -124,9 +157,12 @@ impl Signal {
 
 /// The query's answer as a signal: the errors that mean "no picture" are
 /// states; any other is a failure to read.
-pub fn signal(answer: std::result::Result<BtTimings, Errno>) -> std::result::Result<Signal, Errno> {
+pub fn signal(
+    answer: std::result::Result<BtTimings, Errno>,
+    clock: Clock,
+) -> std::result::Result<Signal, Errno> {
     match answer {
-        Ok(bt) => Ok(Signal::Ok(timings(&bt))),
+        Ok(bt) => Ok(Signal::Ok(timings(&bt, clock))),
         Err(Errno::ENOLINK) => Ok(Signal::NoSignal),
         Err(Errno::ENOLCK) => Ok(Signal::NoLock),
         Err(Errno::ERANGE) => Ok(Signal::OutOfRange),
@@ -168,24 +204,28 @@ impl Hdmi {
     }
 
     /// The receiver's node: configured, or the first whose V4L2 name has
-    /// the driver's.
-    fn node(&self) -> Result<PathBuf> {
-        if let Some(d) = &self.device {
-            return Ok(d.clone());
-        }
+    /// the driver's; and how its driver reports the pixel clock.
+    fn node(&self) -> Result<(PathBuf, Clock)> {
         let dir = self.sysfs.join("class/video4linux");
+        let name_of = |node: &std::ffi::OsStr| read(&dir.join(node).join("name"));
+        if let Some(d) = &self.device {
+            let name = d.file_name().map(name_of).and_then(|n| n.ok()).unwrap_or_default();
+            return Ok((d.clone(), Clock::of(&name)));
+        }
         let mut nodes: Vec<_> = std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))?.flatten().collect();
         nodes.sort_by_key(|e| e.file_name());
         nodes
             .iter()
-            .find(|e| read(&e.path().join("name")).is_ok_and(|n| n.contains(&self.driver)))
-            .map(|e| Path::new("/dev").join(e.file_name()))
+            .find_map(|e| {
+                let name = name_of(&e.file_name()).ok().filter(|n| n.contains(&self.driver))?;
+                Some((Path::new("/dev").join(e.file_name()), Clock::of(&name)))
+            })
             .ok_or_else(|| Error::NoData(format!("{}: no V4L2 node of {}", dir.display(), self.driver)))
     }
 
     /// Opens the node, asks, closes it.
     fn query(&self) -> Result<Reading> {
-        let node = self.node()?;
+        let (node, clock) = self.node()?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -198,7 +238,7 @@ impl Hdmi {
             let mut t: DvTimings = std::mem::zeroed();
             query_dv_timings(fd, &mut t).map(|_| t.bt)
         };
-        let signal = signal(answer)
+        let signal = signal(answer, clock)
             .map_err(|e| Error::Failed(format!("{}: VIDIOC_QUERY_DV_TIMINGS: {e}", node.display())))?;
         let mut c = Control { id: V4L2_CID_DV_RX_POWER_PRESENT, value: 0 };
         // SAFETY: as above.
@@ -263,7 +303,7 @@ impl Collector for Hdmi {
             );
             out.single(
                 "jetkvm_hdmi_refresh_hertz",
-                "Frames per second of the host's picture: the pixel clock over the total frame.",
+                "Pictures per second of the host's signal: frames, or fields when interlaced (1080i60: 60).",
                 Kind::Gauge,
                 t.refresh,
             );
@@ -315,21 +355,43 @@ mod tests {
 
     #[test]
     fn refresh_is_the_pixel_clock_over_the_total_frame() {
-        let p1080 = timings(&bt(1920, 1080, 148_500_000, [88, 44, 148], [4, 5, 36], None));
+        let p1080 = timings(&bt(1920, 1080, 148_500_000, [88, 44, 148], [4, 5, 36], None), Clock::Standard);
         assert_eq!((p1080.width, p1080.height, p1080.interlaced), (1920, 1080, false));
         assert!((p1080.refresh - 60.0).abs() < 1e-9, "{}", p1080.refresh);
-        // 1080i: each field has half the lines; the frame both.
-        let i1080 = timings(&bt(1920, 1080, 74_250_000, [88, 44, 148], [2, 5, 15], Some([2, 5, 16])));
-        assert!(i1080.interlaced);
-        assert!((i1080.refresh - 30.0).abs() < 1e-9, "{}", i1080.refresh);
-        assert_eq!(timings(&bt(0, 0, 0, [0; 3], [0; 3], None)).refresh, 0.0);
+        // The tc35874x halves only an interlaced clock.
+        let halved = Clock::of("m00_b_tc35874x 4-000f");
+        assert_eq!(timings(&bt(1920, 1080, 148_500_000, [88, 44, 148], [4, 5, 36], None), halved), p1080);
+        assert_eq!(timings(&bt(0, 0, 0, [0; 3], [0; 3], None), Clock::Standard).refresh, 0.0);
+    }
+
+    /// 1080i60 is 60 fields a second, as each driver reports it.
+    #[test]
+    fn interlaced_refresh_is_the_field_rate() {
+        // V4L2's own CEA-861 timings (vivid): both fields' lines, the
+        // frame's clock.
+        let cea = timings(
+            &bt(1920, 1080, 74_250_000, [88, 44, 148], [2, 5, 15], Some([2, 5, 16])),
+            Clock::Standard,
+        );
+        assert!(cea.interlaced);
+        assert!((cea.refresh - 60.0).abs() < 1e-9, "{}", cea.refresh);
+        // The tc358743 family: a field's 562 lines at 60 Hz measured, the
+        // height doubled, one field's blanking, the clock halved.
+        let clock = 2200 * 562 * 60 / 2;
+        let tc = timings(
+            &bt(1920, 1080, clock, [0, 280, 0], [0, 22, 0], Some([0, 23, 0])),
+            Clock::of("tc358743 4-000f"),
+        );
+        assert!((tc.refresh - 59.95).abs() < 0.1, "{}", tc.refresh);
+        assert_eq!(Clock::of("vivid-000-vid-cap"), Clock::Standard);
     }
 
     #[test]
     fn errors_that_are_states() {
-        assert_eq!(signal(Err(Errno::ENOLINK)), Ok(Signal::NoSignal));
-        assert_eq!(signal(Err(Errno::ENOLCK)), Ok(Signal::NoLock));
-        assert_eq!(signal(Err(Errno::ERANGE)), Ok(Signal::OutOfRange));
-        assert_eq!(signal(Err(Errno::ENOTTY)), Err(Errno::ENOTTY));
+        let signal = |e| signal(Err(e), Clock::Standard);
+        assert_eq!(signal(Errno::ENOLINK), Ok(Signal::NoSignal));
+        assert_eq!(signal(Errno::ENOLCK), Ok(Signal::NoLock));
+        assert_eq!(signal(Errno::ERANGE), Ok(Signal::OutOfRange));
+        assert_eq!(signal(Errno::ENOTTY), Err(Errno::ENOTTY));
     }
 }

@@ -19,6 +19,7 @@ use crate::holders::Holders;
 use collector::Timed;
 
 mod app;
+mod capture;
 mod collector;
 mod cpu;
 mod device;
@@ -31,7 +32,6 @@ mod netdev;
 mod process;
 mod rtc;
 mod sock_diag;
-mod streaming;
 mod tcp;
 mod thermal;
 mod time;
@@ -96,14 +96,16 @@ impl Collectors {
         }
         if !config.app_processes.is_empty() {
             let app = app::App::new(config.app_processes.clone())?;
-            let capture = config.video.capture_device.clone();
+            let node = config.video.capture_device.clone();
             let holders = holders.unwrap_or_else(|| Holders::Direct {
                 names: config.app_processes.clone(),
-                capture: capture.clone(),
+                capture: node.clone(),
             });
-            let streaming = streaming::Streaming::new(app.found(), holders, capture);
+            // The capture collector reads what the app collector found
+            // in the same scrape: it runs after it.
+            let capture = capture::Capture::new(app.found(), holders, node);
             all.push(Box::new(app))?;
-            all.push(Box::new(streaming))?;
+            all.push(Box::new(capture))?;
         }
         Ok(all)
     }

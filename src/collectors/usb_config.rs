@@ -15,8 +15,11 @@ const ROLES: [(&str, &str); 4] = [
     ("hid.usb0", "keyboard"),
     ("hid.usb1", "absolute_mouse"),
     ("hid.usb2", "relative_mouse"),
-    ("mass_storage.usb0", "mass_storage"),
+    (MASS_STORAGE, "mass_storage"),
 ];
+
+/// The function that serves virtual media.
+const MASS_STORAGE: &str = "mass_storage.usb0";
 
 pub struct UsbFunctions {
     gadget: PathBuf,
@@ -140,16 +143,21 @@ impl Collector for VirtualMedia {
     }
 
     fn update(&self, out: &mut Families) -> Result<()> {
-        let lun = self.gadget.join("functions/mass_storage.usb0/lun.0");
+        let lun = self.gadget.join(format!("functions/{MASS_STORAGE}/lun.0"));
         if !self.gadget.is_dir() {
             return Err(Error::NoData(format!("{}: no USB gadget", self.gadget.display())));
         }
-        let file = read(&lun.join("file"))?;
+        // The app turns virtual media off by unlinking the function from
+        // the configuration (its directory, and a `file`, stay), and never
+        // makes the function if it was off at boot: the host sees media
+        // only through the link.
+        let linked = enabled(&self.gadget).iter().any(|f| f == MASS_STORAGE);
+        let file = if linked { read(&lun.join("file"))? } else { String::new() };
         let attr = |name: &str| read(&lun.join(name)).unwrap_or_default();
         let m = medium(&file, &attr("cdrom"), &attr("ro"));
         out.single(
             "jetkvm_virtual_media_mounted",
-            "Whether virtual media is inserted in the device's USB mass storage.",
+            "Whether virtual media is inserted in the device's USB mass storage, and that function is in the gadget's configuration.",
             Kind::Gauge,
             if m.is_some() { 1.0 } else { 0.0 },
         );

@@ -14,8 +14,10 @@ the system log stays bounded under a flood of refusals, enables
 the mTLS metrics service and restarts the daemon through its init script,
 checks that the init script says FAIL when the daemon cannot start and OK
 when /var/log cannot be written, reads the KVM's own state from real kernel
-drivers on the test disk (vivid, dummy_hcd, a gadget, a stand-in app that
-streams, and the open-files helper's privileges), re-exposes an exposition
+drivers on the test disk (vivid, dummy_hcd, a gadget), runs a stand-in for
+the device's app in both of its generations (roles, capture, native killed
+and started again, the kit's app alerts, the open-files helper's
+privileges), re-exposes an exposition
 shaped like the app's served by BusyBox httpd, cuts and restores the board's
 network link through QEMU's QMP socket and checks the carrier metrics, and
 loads the operator's kit's rules (short `for:`) and sees its alerts fire on
@@ -329,8 +331,9 @@ def init_script(c):
 
 def kvm_state(c):
     """The KVM's own state on real kernel drivers from the test disk: vivid's
-    HDMI input through its signal modes and timings, a gadget shaped like the
-    device's on dummy_hcd, virtual media, unbinding, the RTC, the app."""
+    HDMI input through its signal modes and timings (interlaced too), a
+    gadget shaped like the device's on dummy_hcd, virtual media, unbinding,
+    the RTC."""
     board, prom = c.board, c.prom
     board.sh(TEST_DRIVERS, timeout=90)
     board.sh(GADGET, timeout=60)
@@ -339,8 +342,7 @@ def kvm_state(c):
              f" cat /tmp/config.kvm; }} > {cfg} && /etc/init.d/S95jetkvm-metrics restart", timeout=60)
     until("mTLS job up with vivid", lambda: prom.up("mtls") == 1, 60)
 
-    def value(q):
-        return prom.value(q.replace("{", '{job="mtls",', 1) if "{" in q else q + '{job="mtls"}')
+    value = mtls_value(prom)
 
     def state(s):
         return until(f"HDMI {s}", lambda: value(f'jetkvm_hdmi_signal{{state="{s}"}}') == 1, 30)
@@ -365,6 +367,15 @@ def kvm_state(c):
           and value("jetkvm_hdmi_height_pixels") == 1080)
     age = value("jetkvm_hdmi_query_age_seconds")
     check("board: the receiver is asked at most every 5 s", age is not None and age < 5.5, str(age))
+    # Interlaced: vivid keeps V4L2's own CEA-861 timings (the frame's clock,
+    # both fields' lines); 1080i60 is 60 fields a second.
+    board.sh("/tmp/t/bin/dv-signal /dev/video0 timings 1080i60")
+    check("board: 1080i60 reads interlaced, 1080 lines, 60 fields a second",
+          until("1080i", lambda: value("jetkvm_hdmi_interlaced") == 1, 30)
+          and (value("jetkvm_hdmi_height_pixels"), value("jetkvm_hdmi_refresh_hertz")) == (1080, 60),
+          f"{value('jetkvm_hdmi_height_pixels')} {value('jetkvm_hdmi_refresh_hertz')}")
+    board.sh("/tmp/t/bin/dv-signal /dev/video0 timings 1080p60")
+    until("progressive again", lambda: value("jetkvm_hdmi_interlaced") == 0, 30)
 
     check("board: host USB configured at high speed", until(
         "USB configured", lambda: value('jetkvm_usb_gadget_state{state="configured"}') == 1, 30)
@@ -386,6 +397,13 @@ def kvm_state(c):
         and value("jetkvm_usb_gadget_bound") == 0)
     check("alerts: JetKVMHostUSBDown fires with the gadget unbound",
           until("JetKVMHostUSBDown", lambda: prom.firing("JetKVMHostUSBDown", job="mtls"), 60))
+    # Virtual media turned off in the app: the function unlinked from the
+    # configuration, its LUN's file left behind.
+    board.sh("rm /sys/kernel/config/usb_gadget/jetkvm/configs/c.1/mass_storage.usb0")
+    check("board: virtual media turned off (unlinked, its file left behind): not mounted",
+          until("media off", lambda: value("jetkvm_virtual_media_mounted") == 0, 30)
+          and value('jetkvm_virtual_media_info{image="debian.iso"}') is None
+          and "debian.iso" in board.sh(f"cat {lun}/file"))
 
     board.sh("date -s @$(( $(date +%s) + 120 )) >/dev/null")
     offset = until("RTC offset", lambda: (v := value('jetkvm_rtc_offset_seconds{rtc="rtc0"}')) is not None and v > 100 and v, 30)
@@ -395,20 +413,90 @@ def kvm_state(c):
         board.sh("date -s @$(( $(date +%s) - 120 )) >/dev/null")
     check("alerts: JetKVMClockDrift fires with the clock 2 minutes off the RTC", drift)
     check("board: the system clock 2 minutes ahead of the RTC shows", offset and 115 <= offset <= 125, str(offset))
-    check("board: the device's app down", value('jetkvm_app_up{process="jetkvm_app"}') == 0)
+
+
+# The board's stand-in for the device's app (the test disk's jetkvm_app,
+# board/jetkvm/qemu/test-disk/jetkvm-app.c) and its control files.
+STANDIN = "/tmp/jetkvm-standin"
+ROLES = ("supervisor", "app", "native")
+
+
+def app_generations(c):
+    """The device's app in both generations, by the board's stand-in: the
+    same binary executed again (supervisor, app, native with
+    -subcomponent=native), or the app and a separate jetkvm_native. Through
+    the real Prometheus: no app alert while it runs whole, capture through
+    native only with a session and a signal, native killed (the alert, no
+    capture), native started again (a new start time; twice, the restart
+    alert)."""
+    board, prom = c.board, c.prom
+    value = mtls_value(prom)
+    cfg = "/userdata/jetkvm/metrics/config.toml"
+    up = {r: value(f'jetkvm_app_up{{role="{r}"}}') for r in ROLES}
+    check("board: the device's app down, nothing seen yet: only the app's series, 0",
+          up == {"supervisor": None, "app": 0, "native": None}, repr(up))
     # The daemon asks the same node every 5 s: its own descriptor never counts.
-    check("board: nobody streams while the app is down, though the daemon queries the node",
-          value("jetkvm_video_streaming") == 0 and value('jetkvm_scrape_collector_success{collector="video_streaming"}') == 1)
+    check("board: nobody captures while the app is down, though the daemon queries the node",
+          value("jetkvm_video_capture_open") == 0 and value('jetkvm_scrape_collector_success{collector="video_capture"}') == 1)
     check("alerts: JetKVMAppDown fires while the app is down",
-          until("JetKVMAppDown", lambda: prom.firing("JetKVMAppDown", job="mtls", process="jetkvm_app"), 60))
-    board.sh("cp /tmp/t/bin/dv-signal /tmp/jetkvm_app && (/tmp/jetkvm_app /dev/video0 hold 600 >/dev/null 2>&1 &)")
-    check("board: a stand-in for the device's app up, with its start time",
-          until("app up", lambda: value('jetkvm_app_up{process="jetkvm_app"}') == 1, 30)
-          and value('jetkvm_app_start_time_seconds{process="jetkvm_app"}') is not None)
-    check("board: the app's stand-in holding the capture node open streams",
-          until("streaming", lambda: value("jetkvm_video_streaming") == 1, 30))
-    open_files_helper(board)
-    board.sh(f"kill $(pidof jetkvm_app); cp /tmp/config.kvm {cfg} && /etc/init.d/S95jetkvm-metrics restart", timeout=60)
+          until("JetKVMAppDown", lambda: prom.firing("JetKVMAppDown", job="mtls", role="app"), 60))
+    for shape, roles in (("one_binary", ROLES), ("two_binaries", ROLES[1:])):
+        app_generation(c, shape, roles)
+    board.sh(f"cp /tmp/config.kvm {cfg} && /etc/init.d/S95jetkvm-metrics restart", timeout=60)
+
+
+def mtls_value(prom):
+    """A query's value on the mTLS job."""
+    return lambda q: prom.value(q.replace("{", '{job="mtls",', 1) if "{" in q else q + '{job="mtls"}')
+
+
+def app_generation(c, shape, roles):
+    """One generation of the app, started, used, its native killed and
+    started again, then stopped."""
+    board, prom = c.board, c.prom
+    value = mtls_value(prom)
+    ups = lambda: {r: value(f'jetkvm_app_up{{role="{r}"}}') for r in ROLES}
+    whole = {r: (1 if r in roles else None) for r in ROLES}
+    board.sh(f"mkdir -p {STANDIN} && rm -f {STANDIN}/* && (STANDIN_SHAPE={shape} /tmp/t/bin/jetkvm_app"
+             " </dev/null >/dev/null 2>&1 &)")
+    check(f"board: {shape}: each of its roles up, no other", until(f"{shape} up", lambda: ups() == whole, 60), repr(ups()))
+    check(f"board: {shape}: its generation known, each role's start time",
+          value(f'jetkvm_app_generation_info{{generation="{shape}"}}') == 1
+          and all(value(f'jetkvm_app_start_time_seconds{{role="{r}"}}') for r in roles))
+    check(f"alerts: {shape}: no JetKVMAppDown while the app runs whole",
+          until("JetKVMAppDown resolved", lambda: not prom.firing("JetKVMAppDown", job="mtls"), 60))
+    capture = 'jetkvm_video_capture_open'
+    check(f"board: {shape}: no session, no capture", value(capture) == 0)
+    board.sh(f"touch {STANDIN}/session")
+    check(f"board: {shape}: a session with the HDMI signal: native holds the capture node",
+          until("capture", lambda: value(capture) == 1, 30))
+    if shape == "one_binary":
+        board.sh("/tmp/t/bin/dv-signal /dev/video0 mode 1")
+        check("board: the signal gone under the session: native lets the node go",
+              until("no capture", lambda: value(capture) == 0, 30))
+        board.sh("/tmp/t/bin/dv-signal /dev/video0 mode 0")
+        until("capture again", lambda: value(capture) == 1, 30)
+        open_files_helper(board)
+    native = "for p in $(pidof jetkvm_app jetkvm_native); do grep -qs native /proc/$p/cmdline && echo $p; done"
+    first = value('jetkvm_app_start_time_seconds{role="native"}')
+    board.sh(f"touch {STANDIN}/hold-native && kill $({native})")
+    down = dict(whole, native=0)
+    check(f"board: {shape}: native killed: it alone down", until("native down", lambda: ups() == down, 30), repr(ups()))
+    check(f"board: {shape}: native killed: no capture", value(capture) == 0)
+    check(f"alerts: {shape}: JetKVMAppDown fires for native while the app runs",
+          until("JetKVMAppDown native", lambda: prom.firing("JetKVMAppDown", job="mtls", role="native"), 60))
+    board.sh(f"rm {STANDIN}/hold-native")
+    again = lambda: ups() == whole and (value('jetkvm_app_start_time_seconds{role="native"}') or 0) > first
+    check(f"board: {shape}: native started again by the app: up, a later start time", until("native again", again, 60))
+    check(f"alerts: {shape}: JetKVMAppDown clears", until("resolved", lambda: not prom.firing("JetKVMAppDown", job="mtls"), 60))
+    check(f"board: {shape}: capturing again", until("capture", lambda: value(capture) == 1, 30))
+    if shape == "one_binary":
+        # A second restart within 30 minutes: a restart loop.
+        board.sh(f"kill $({native})")
+        check("alerts: JetKVMAppRestarting fires for native after a second restart",
+              until("JetKVMAppRestarting", lambda: prom.firing("JetKVMAppRestarting", job="mtls", role="native"), 60))
+    board.sh(f"touch {STANDIN}/hold-native && kill $(pidof jetkvm_app jetkvm_native)")
+    until(f"{shape} stopped", lambda: value('jetkvm_app_up{role="app"}') == 0, 30)
 
 
 def open_files_helper(board):
@@ -437,8 +525,7 @@ def app_metrics(c):
     its 120 clients away; the app silent reports success 0."""
     board, prom = c.board, c.prom
 
-    def value(q):
-        return prom.value(q.replace("{", '{job="mtls",', 1) if "{" in q else q + '{job="mtls"}')
+    value = mtls_value(prom)
 
     ok = 'jetkvm_scrape_collector_success{collector="app_metrics"}'
     check("board: the app's metrics: nothing on port 80, success 0", until("app metrics absent", lambda: value(ok) == 0, 60))
@@ -540,6 +627,7 @@ PHASES = [
     ("mTLS service", mtls_service),
     ("init script", init_script),
     ("the KVM's own state", kvm_state),
+    ("the device's app, both generations", app_generations),
     ("the device app's own metrics", app_metrics),
     ("the network link through QMP", network_link),
     ("the operator's kit", kit),

@@ -79,7 +79,7 @@ PAST = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400))
 USERDATA_CONFIG = """listen_addr = '10.0.2.15:3080'
 device_config = "/userdata/kvm_config.json"
 token_file = "/userdata/jetkvm/metrics/token.sha256"
-connection_ports = [80, 443, 8554]
+connection_ports = [80, 443]
 filesystems = ["/", "/userdata", "/run"]
 """
 

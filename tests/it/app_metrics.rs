@@ -97,6 +97,43 @@ fn asking_the_app_leaves_no_socket_on_its_port() {
     );
 }
 
+/// Newer builds of the app may protect its `/metrics`: asked for
+/// credentials, the daemon says so in one series and one log line, however
+/// many scrapes, and the rest of the scrape is whole; served again, it
+/// says that once too.
+#[test]
+fn an_app_asking_for_credentials_is_a_state_logged_once() {
+    let unauthorized = AppServer::start(Some(
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+            .to_vec(),
+    ));
+    let d = Daemon::start(&unauthorized.key(), Some(&no_password_mode()));
+    for _ in 0..5 {
+        let r = d.get("/metrics", &[]);
+        let t = r.text();
+        assert_eq!((r.status, success(&t, "app_metrics")), (200, Some(1.0)), "{t}");
+        assert_eq!(sample(&t, "jetkvm_app_metrics_auth_required"), Some(1.0), "{t}");
+        assert!(!t.contains("jetkvm_dc_"), "{t}");
+        assert_eq!(success(&t, "cpu"), Some(1.0));
+    }
+    let log = d.wait_log("asks for credentials");
+    assert_eq!(log.matches("asks for credentials").count(), 1, "{log}");
+    assert_eq!(log.matches("app_metrics").count(), 0, "not a collector failure: {log}");
+}
+
+/// A collector that keeps failing for one reason is logged once, not on
+/// every scrape (the device's log is a small ring).
+#[test]
+fn a_failing_collector_is_logged_once_per_reason() {
+    let malformed = AppServer::text(b"# TYPE jetkvm_dc_x counter\njetkvm_dc_x{a=\"1} 2\n");
+    let d = Daemon::start(&malformed.key(), Some(&no_password_mode()));
+    for _ in 0..20 {
+        assert_eq!(success(&d.get("/metrics", &[]).text(), "app_metrics"), Some(0.0));
+    }
+    let log = d.wait_log("collector app_metrics");
+    assert_eq!(log.matches("collector app_metrics").count(), 1, "{log}");
+}
+
 #[test]
 fn an_app_that_is_down_silent_or_hostile_fails_only_its_collector() {
     // Nothing listens.
@@ -131,50 +168,4 @@ fn an_app_that_is_down_silent_or_hostile_fails_only_its_collector() {
             assert!(d.wait_log("collector app_metrics").contains(why), "{why}\n{}", d.log());
         }
     }
-}
-
-/// A stand-in for the device's app, holding `node` open as its standard
-/// input when given.
-fn stand_in(dir: &TempDir, name: &str, node: Option<&str>) -> std::process::Child {
-    let bin = dir.path(name);
-    if !bin.exists() {
-        std::fs::copy("/bin/sleep", &bin).unwrap();
-    }
-    let stdin = match node {
-        Some(n) => std::process::Stdio::from(std::fs::File::open(n).unwrap()),
-        None => std::process::Stdio::piped(),
-    };
-    std::process::Command::new(&bin).arg("600").stdin(stdin).spawn().unwrap()
-}
-
-#[test]
-fn streaming_is_an_app_process_holding_the_capture_node() {
-    let dir = TempDir::new();
-    let name = format!("jkv{}", std::process::id() % 100_000);
-    // A node no other process here holds (this machine's own processes
-    // may hold /dev/null).
-    let extra = format!("app_processes = [\"{name}\"]\nvideo_capture_device = \"/dev/full\"\n");
-    let d = Daemon::start(&extra, Some(&no_password_mode()));
-    let streaming = |d: &Daemon| {
-        let t = d.get("/metrics", &[]).text();
-        (sample(&t, "jetkvm_video_streaming"), success(&t, "video_streaming"))
-    };
-    // No process of the app: nobody streams.
-    assert_eq!(streaming(&d), (Some(0.0), Some(1.0)));
-    let mut app = stand_in(&dir, &name, Some("/dev/full"));
-    std::thread::sleep(Duration::from_millis(5200));
-    assert_eq!(streaming(&d), (Some(1.0), Some(1.0)), "{}", d.log());
-    app.kill().unwrap();
-    app.wait().unwrap();
-    drop(d);
-    // The app runs, not holding the node.
-    let mut app = stand_in(&dir, &name, None);
-    let d = Daemon::start(&extra, Some(&no_password_mode()));
-    assert_eq!(streaming(&d), (Some(0.0), Some(1.0)));
-    app.kill().unwrap();
-    app.wait().unwrap();
-    // No capture node on this host: no data, not a zero.
-    let extra = format!("app_processes = [\"{name}\"]\nvideo_capture_device = \"/nonexistent/video0\"\n");
-    let d = Daemon::start(&extra, Some(&no_password_mode()));
-    assert_eq!(streaming(&d), (None, Some(0.0)));
 }

@@ -332,57 +332,6 @@ fn live_tcp_connections_are_counted_by_port_and_state() {
     assert_eq!(sample(&t, "jetkvm_scrape_collector_success{collector=\"tcp\"}"), Some(1.0));
 }
 
-/// A stand-in for the device's app: a copy of `sleep` under the app's
-/// name, so the kernel knows the process by it.
-fn stand_in(dir: &TempDir, name: &str) -> std::process::Child {
-    let bin = dir.path(name);
-    if !bin.exists() {
-        std::fs::copy("/bin/sleep", &bin).unwrap();
-    }
-    std::process::Command::new(&bin).arg("600").spawn().unwrap()
-}
-
-#[test]
-fn the_apps_processes_up_restarted_and_gone() {
-    let dir = TempDir::new();
-    let name = format!("jkm{}", std::process::id() % 100_000);
-    let mut app = stand_in(&dir, &name);
-    let extra = format!("app_processes = [\"{name}\", \"jkm-absent\"]\n");
-    let d = Daemon::start(&fixture_config(&extra), Some(&no_password_mode()));
-    let up = |t: &str| sample(t, &format!("jetkvm_app_up{{process=\"{name}\"}}"));
-    let started = |t: &str| sample(t, &format!("jetkvm_app_start_time_seconds{{process=\"{name}\"}}"));
-    let t = d.get("/metrics", &[]).text();
-    assert_eq!(up(&t), Some(1.0), "{t}");
-    let first = started(&t).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    assert!((now - first).abs() < 30.0, "{first}");
-    assert!(sample(&t, &format!("jetkvm_app_resident_memory_bytes{{process=\"{name}\"}}")).unwrap() > 0.0);
-    assert!(sample(&t, &format!("jetkvm_app_cpu_seconds_total{{process=\"{name}\"}}")).is_some());
-    // A name with no process: down, and nothing else about it.
-    assert_eq!(sample(&t, "jetkvm_app_up{process=\"jkm-absent\"}"), Some(0.0));
-    assert!(!t.contains("jetkvm_app_start_time_seconds{process=\"jkm-absent\"}"));
-    assert_eq!(sample(&t, "jetkvm_scrape_collector_success{collector=\"app\"}"), Some(1.0));
-    // Restarted (start times have whole seconds): a new start time.
-    app.kill().unwrap();
-    app.wait().unwrap();
-    let t = d.get("/metrics", &[]).text();
-    assert_eq!(up(&t), Some(0.0), "{t}");
-    assert_eq!(started(&t), None);
-    // Started again: found once the walk interval (5 s) has passed since
-    // the walk that noticed it gone.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    let mut again = stand_in(&dir, &name);
-    let t = d.get("/metrics", &[]).text();
-    assert_eq!(up(&t), Some(0.0), "not walked again yet");
-    std::thread::sleep(std::time::Duration::from_millis(4000));
-    let t = d.get("/metrics", &[]).text();
-    assert_eq!(up(&t), Some(1.0));
-    assert!(started(&t).unwrap() > first, "{t}");
-    again.kill().unwrap();
-    again.wait().unwrap();
-    assert_eq!(promtool_check(&t), "");
-}
-
 #[test]
 fn hdmi_asleep_is_not_asked_and_a_node_that_cannot_answer_fails_only_hdmi() {
     // The receiver sleeps: its state, nothing asked, no node needed.
@@ -432,4 +381,33 @@ fn a_controller_without_a_gadget_has_no_link() {
     std::fs::write(udc.join("function"), "jetkvm\n").unwrap();
     let t = d.get("/metrics", &[]).text();
     assert_eq!(sample(&t, "jetkvm_usb_gadget_state{udc=\"dummy_udc.0\",state=\"configured\"}"), Some(1.0));
+}
+
+/// Virtual media is mounted only while the mass storage function is linked
+/// into the gadget's configuration: turned off at boot (no function) or
+/// later (unlinked, its LUN's file left behind), it is 0, not "no data".
+#[test]
+fn virtual_media_turned_off_is_not_mounted() {
+    for gadget in ["media-off-at-boot", "media-off-later"] {
+        let d = Daemon::start(
+            &fixture_config(&format!("usb_gadget = \"{gadget}\"\n")),
+            Some(&no_password_mode()),
+        );
+        let t = d.get("/metrics", &[]).text();
+        assert_eq!(sample(&t, "jetkvm_virtual_media_mounted"), Some(0.0), "{gadget}: {t}");
+        assert_eq!(
+            sample(&t, "jetkvm_scrape_collector_success{collector=\"virtual_media\"}"),
+            Some(1.0),
+            "{gadget}"
+        );
+        assert!(!t.contains("jetkvm_virtual_media_info{"), "{gadget}: {t}");
+        assert_eq!(
+            sample(
+                &t,
+                "jetkvm_usb_gadget_function_enabled{function=\"mass_storage.usb0\",role=\"mass_storage\"}"
+            ),
+            if gadget == "media-off-later" { Some(0.0) } else { None },
+            "{gadget}"
+        );
+    }
 }

@@ -4,8 +4,10 @@
 mod util;
 
 /// The device app's own metrics re-exposed: merged, bounded, and an app that
-/// is down, silent or hostile; whether it streams video.
+/// is down, silent, hostile or asking for credentials.
 mod app_metrics;
+/// The device app's processes by role in both generations, and capture.
+mod app_processes;
 /// Every way `/metrics` is allowed or refused, from the device's auth state.
 mod auth;
 /// Headless Chromium with the device's session cookie.

@@ -5,9 +5,7 @@
  *   dv-signal NODE mode N          "DV Timings Signal Mode": 0 the current
  *                                  timings, 1 no signal, 2 no lock, 3 out
  *                                  of range
- *   dv-signal NODE timings 720p60|1080p60   sets the current timings
- *   dv-signal NODE hold SECONDS    keeps the node open (a stand-in for the
- *                                  device's app streaming)
+ *   dv-signal NODE timings 720p60|1080p60|1080i60   sets the current timings
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -46,7 +44,7 @@ static void cea(struct v4l2_bt_timings *bt, unsigned w, unsigned h, unsigned lon
 int main(int argc, char **argv)
 {
 	if (argc != 4) {
-		fprintf(stderr, "usage: dv-signal NODE mode N | timings 720p60|1080p60 | hold SECONDS\n");
+		fprintf(stderr, "usage: dv-signal NODE mode N | timings 720p60|1080p60|1080i60\n");
 		return 2;
 	}
 	int fd = open(argv[1], O_RDWR);
@@ -62,12 +60,18 @@ int main(int argc, char **argv)
 			cea(&t.bt, 1280, 720, 74250000ULL, 110, 40, 220, 5, 5, 20);
 		else if (!strcmp(argv[3], "1080p60"))
 			cea(&t.bt, 1920, 1080, 148500000ULL, 88, 44, 148, 4, 5, 36);
-		else
+		else if (!strcmp(argv[3], "1080i60")) {
+			/* CEA-861 VIC 5: two fields of 540 lines, the second
+			 * with one more line of back porch. */
+			cea(&t.bt, 1920, 1080, 74250000ULL, 88, 44, 148, 2, 5, 15);
+			t.bt.interlaced = V4L2_DV_INTERLACED;
+			t.bt.il_vfrontporch = 2;
+			t.bt.il_vsync = 5;
+			t.bt.il_vbackporch = 16;
+		} else
 			return 2;
 		if (ioctl(fd, VIDIOC_S_DV_TIMINGS, &t) < 0)
 			return fail("VIDIOC_S_DV_TIMINGS");
-	} else if (!strcmp(argv[2], "hold")) {
-		sleep(atoi(argv[3]));
 	} else {
 		return 2;
 	}

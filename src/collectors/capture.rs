@@ -1,6 +1,11 @@
-//! Whether the device's app streams video: one of its processes holds the
-//! capture node open (`holders` says how that is read, and with what
-//! privilege). The app's processes are the `app` collector's.
+//! Whether the device's app holds the video capture node open: its native
+//! process opens the node only while a remote session is connected **and**
+//! the host's HDMI signal is there (not asleep), and closes it when the
+//! last session leaves. So 1 means "video is being captured for a
+//! session", not "someone is watching": a session without a signal leaves
+//! it 0. The app's processes are the `app` collector's; `holders` says how
+//! their open files are read, and with what privilege. What cannot be read
+//! fails the collector: it never passes for "not held".
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
@@ -10,44 +15,43 @@ use super::collector::{Collector, Error, Result};
 use crate::holders::{Answer, Holders};
 use crate::metrics::{Families, Kind};
 
-pub struct Streaming {
+pub struct Capture {
     app: Found,
     holders: Holders,
     capture: PathBuf,
 }
 
-impl Streaming {
+impl Capture {
     pub fn new(app: Found, holders: Holders, capture: PathBuf) -> Self {
-        Streaming { app, holders, capture }
+        Capture { app, holders, capture }
     }
 }
 
-impl Collector for Streaming {
+impl Collector for Capture {
     fn name(&self) -> &'static str {
-        "video_streaming"
+        "video_capture"
     }
 
     fn update(&self, out: &mut Families) -> Result<()> {
-        // First, whatever else fails: the lookup shared with the `app`
-        // collector counts on each scrape asking once.
+        // What the `app` collector found this scrape, or why it could not.
         let pids = self.app.pids()?;
         let node =
             std::fs::metadata(&self.capture).map_err(|e| super::collector::io_error(&self.capture, e))?;
         if !node.file_type().is_char_device() {
             return Err(Error::NoData(format!("{}: not a device node", self.capture.display())));
         }
-        // No process of the app: nobody streams through it.
+        // No process of the app: nobody captures through it.
         let answers =
             if pids.is_empty() { Vec::new() } else { self.holders.ask(&pids).map_err(Error::Failed)?.pids };
         if let Some(i) = answers.iter().position(|a| *a == Answer::Unreadable) {
             return Err(Error::Failed(format!(
-                "/proc/{}/fd: unreadable (another process's open files need CAP_SYS_PTRACE)",
+                "/proc/{}: its name or open files could not be read (another process's open files need CAP_SYS_PTRACE)",
                 pids[i]
             )));
         }
         out.single(
-            "jetkvm_video_streaming",
-            "Whether a process of the device's app holds the video capture node open (it streams while a remote session is connected).",
+            "jetkvm_video_capture_open",
+            "Whether a process of the device's app holds the video capture node open: it does while a remote session is connected and the HDMI signal is present.",
             Kind::Gauge,
             if answers.contains(&Answer::Open) { 1.0 } else { 0.0 },
         );
