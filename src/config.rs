@@ -354,7 +354,7 @@ impl Config {
             connection_ports: connection_ports(&mut p, raw.connection_ports),
             filesystems: filesystems(&mut p, raw.filesystems),
             workers: p.int("workers", raw.workers, 1..=64, 1),
-            token_file: p.path("token_file", raw.token_file, "/userdata/jetkvm/metrics/token.sha256"),
+            token_file: p.path("token_file", raw.token_file, "/userdata/jetkvm/metrics/token/token.sha256"),
             limits: Limits::parse(&mut p, raw.limits),
             auth: Auth::parse(&mut p, raw.auth),
             metrics_service,

@@ -7,11 +7,15 @@
 //! its holder attach to any process, which is root itself. So the daemon,
 //! when it switches user, does not keep it: before the switch it forks a
 //! helper that does (with `CAP_DAC_READ_SEARCH`, to list the `0500`
-//! directory), and nothing else (`privilege::drop_to`). The helper has
-//! no network, closes every descriptor but its socket, dies with the daemon,
-//! and reads one kind of request: up to [`MAX_PIDS`] pids. It answers for a
-//! pid only if that process's `comm` is one of the app's names, and only
-//! about the capture node: a compromised daemon learns nothing else.
+//! directory), and nothing else (`privilege::drop_to`). The helper has a
+//! network namespace of its own and only the system calls of its loop
+//! (`sandbox`), closes every descriptor but its socket, dies with the
+//! daemon, and reads one kind of request: up to [`MAX_PIDS`] pids. It
+//! answers for a pid only if that process's `comm` is one of the app's
+//! names, and only about the capture node: a compromised daemon learns
+//! nothing else. The daemon asks on its runtime, never blocking its one
+//! worker, and waits at most [`HELPER_TIMEOUT`]; while a question stays
+//! unanswered (a helper stopped), it asks no other and fails at once.
 //! Without a switch (tests, or root by choice) the daemon reads directly,
 //! with whatever access it has.
 
@@ -19,16 +23,21 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
+use tokio::io::unix::AsyncFd;
 
 use crate::privilege::{Keep, User};
 
-/// A helper that hangs must not hold the worker: a scrape waits this long
-/// at most for its answer, then reports the collector failed.
-const HELPER_TIMEOUT: Duration = Duration::from_secs(1);
+/// A scrape waits this long at most for the helper's answer, then reports
+/// the collector failed (the worker serves others meanwhile).
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A request's number, echoed by the answer: wide enough that an answer
+/// late by any number of scrapes never passes for the current one's.
+type Sequence = u32;
+const SEQ: usize = std::mem::size_of::<Sequence>();
 
 /// Pids in one request: the app's processes (`app_processes`, at most 8).
 pub const MAX_PIDS: usize = 8;
@@ -57,24 +66,58 @@ pub enum Holders {
     /// This process reads `/proc/PID/fd` itself.
     Direct { names: Vec<String>, capture: PathBuf },
     /// The helper, over a socket: one request at a time.
-    Helper { socket: Mutex<Channel>, pid: libc::pid_t },
+    Helper { channel: tokio::sync::Mutex<Channel>, pid: libc::pid_t },
 }
 
-/// The daemon's end of the helper's socket, and the number of its last
-/// request: the helper echoes it, so an answer that came too late for its
-/// scrape is never taken for the next one's.
+/// The daemon's end of the helper's socket (registered with the runtime
+/// that asks, again if another one asks), the number of its last request,
+/// and whether that one is still unanswered.
 pub struct Channel {
-    socket: OwnedFd,
-    sequence: u8,
+    socket: Option<OwnedFd>,
+    registered: Option<(tokio::runtime::Id, std::sync::Arc<AsyncFd<OwnedFd>>)>,
+    sequence: Sequence,
+    pending: bool,
+}
+
+impl Channel {
+    pub fn new(socket: OwnedFd, sequence: Sequence) -> Channel {
+        Channel { socket: Some(socket), registered: None, sequence, pending: false }
+    }
+
+    /// The socket, registered with the current runtime.
+    fn registered(&mut self) -> Result<std::sync::Arc<AsyncFd<OwnedFd>>, String> {
+        let runtime = tokio::runtime::Handle::current().id();
+        if self.registered.as_ref().is_some_and(|(id, _)| *id != runtime) {
+            let (_, fd) = self.registered.take().expect("checked");
+            // Held nowhere else: the channel is asked one request at a time.
+            let fd =
+                std::sync::Arc::try_unwrap(fd).map_err(|_| "the open-files helper's socket is in use")?;
+            self.socket = Some(fd.into_inner());
+        }
+        if self.registered.is_none() {
+            let socket = self.socket.take().ok_or("the open-files helper's socket is gone")?;
+            // SAFETY: an OwnedFd's descriptor is open, and stays the same
+            // until it is dropped with the AsyncFd that owns it.
+            match unsafe { AsyncFd::register(socket) } {
+                Ok(fd) => self.registered = Some((runtime, std::sync::Arc::new(fd))),
+                Err(e) => {
+                    let (socket, e) = e.into_parts();
+                    self.socket = Some(socket);
+                    return Err(lost(e));
+                }
+            }
+        }
+        Ok(self.registered.as_ref().expect("registered above").1.clone())
+    }
 }
 
 impl Holders {
-    pub fn ask(&self, pids: &[u32]) -> Result<Answers, String> {
+    pub async fn ask(&self, pids: &[u32]) -> Result<Answers, String> {
         match self {
             Holders::Direct { names, capture } => Ok(answer(pids, names, capture)),
-            Holders::Helper { socket, pid } => {
-                let mut channel = socket.lock().unwrap_or_else(|e| e.into_inner());
-                exchange(&mut channel, pids).inspect_err(|_| {
+            Holders::Helper { channel, pid } => {
+                let mut channel = channel.lock().await;
+                exchange(&mut channel, pids).await.inspect_err(|_| {
                     // A helper that is gone is reaped, not restarted: the
                     // privilege it had is not to be had again.
                     // SAFETY: waitpid on our own child, not blocking.
@@ -85,36 +128,45 @@ impl Holders {
     }
 }
 
-fn exchange(channel: &mut Channel, pids: &[u32]) -> Result<Answers, String> {
+fn lost(e: impl std::fmt::Display) -> String {
+    format!("the open-files helper: {e}")
+}
+
+async fn exchange(channel: &mut Channel, pids: &[u32]) -> Result<Answers, String> {
     let pids = &pids[..pids.len().min(MAX_PIDS)];
     if pids.is_empty() {
         // A request of nothing would read as the socket closing.
         return Ok(Answers { node: true, pids: Vec::new() });
     }
+    let fd = channel.registered()?;
+    let mut buf = [0u8; SEQ + 1 + MAX_PIDS];
+    // The last question still unanswered: no other is asked until it is.
+    if channel.pending {
+        while channel.pending {
+            match socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return Err("the open-files helper is gone".into()),
+                Ok(n) => channel.pending = n < SEQ || buf[..SEQ] != channel.sequence.to_le_bytes(),
+                Err(nix::Error::EAGAIN) => {
+                    return Err("the open-files helper has not answered its last question".into())
+                }
+                Err(e) => return Err(lost(e)),
+            }
+        }
+    }
     channel.sequence = channel.sequence.wrapping_add(1);
-    let mut request = vec![channel.sequence];
+    let mut request = channel.sequence.to_le_bytes().to_vec();
     request.extend(pids.iter().flat_map(|p| p.to_le_bytes()));
-    let fd = channel.socket.as_raw_fd();
-    let lost = |e: nix::Error| format!("the open-files helper: {e}");
-    // Never wait to send: a socket full of requests means the helper
-    // hangs, and the worker must not hang with it.
-    socket::send(fd, &request, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT).map_err(lost)?;
-    let mut buf = [0u8; 2 + MAX_PIDS];
-    // Answers to earlier requests (late for their scrape) are skipped; each
-    // wait is bounded by the socket's receive timeout.
-    let n = loop {
-        let n = socket::recv(fd, &mut buf, MsgFlags::empty()).map_err(lost)?;
-        if n == 0 {
-            return Err("the open-files helper is gone".into());
-        }
-        if buf[0] == channel.sequence {
-            break n;
-        }
-    };
-    if n != 2 + pids.len() {
+    // Never wait to send: a socket full of requests means the helper hangs.
+    socket::send(fd.as_raw_fd(), &request, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT).map_err(lost)?;
+    channel.pending = true;
+    let n = tokio::time::timeout(HELPER_TIMEOUT, receive(&fd, channel.sequence, &mut buf))
+        .await
+        .map_err(|_| format!("the open-files helper did not answer within {HELPER_TIMEOUT:?}"))??;
+    channel.pending = false;
+    if n != SEQ + 1 + pids.len() {
         return Err("the open-files helper answered out of turn".into());
     }
-    let pids = buf[2..n]
+    let pids = buf[SEQ + 1..n]
         .iter()
         .map(|b| match b {
             0 => Answer::Closed,
@@ -123,7 +175,22 @@ fn exchange(channel: &mut Channel, pids: &[u32]) -> Result<Answers, String> {
             _ => Answer::Unreadable,
         })
         .collect();
-    Ok(Answers { node: buf[1] == 1, pids })
+    Ok(Answers { node: buf[SEQ] == 1, pids })
+}
+
+/// The answer numbered `sequence` (earlier ones, late for their scrape,
+/// are skipped), read as the runtime says the socket is readable.
+async fn receive(fd: &AsyncFd<OwnedFd>, sequence: Sequence, buf: &mut [u8]) -> Result<usize, String> {
+    loop {
+        let mut ready = fd.readable().await.map_err(lost)?;
+        match socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return Err("the open-files helper is gone".into()),
+            Ok(n) if n >= SEQ && buf[..SEQ] == sequence.to_le_bytes() => return Ok(n),
+            Ok(_) => {}
+            Err(nix::Error::EAGAIN) => ready.clear_ready(),
+            Err(e) => return Err(lost(e)),
+        }
+    }
 }
 
 /// The answers for `pids`, read here.
@@ -227,7 +294,7 @@ pub fn spawn(user: User, names: Vec<String>, capture: PathBuf) -> Result<Holders
                 unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
                 return Err("the open-files helper did not start (see the line above)".into());
             }
-            Ok(Holders::Helper { socket: Mutex::new(Channel { socket: ours, sequence: 0 }), pid })
+            Ok(Holders::Helper { channel: tokio::sync::Mutex::new(Channel::new(ours, 0)), pid })
         }
     }
 }
@@ -237,6 +304,17 @@ fn helper(socket: OwnedFd, parent: libc::pid_t, user: &User, names: &[String], c
     // SAFETY: prctl with a static name.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"jkm-openfiles".as_ptr() as libc::c_ulong, 0, 0, 0) };
     close_all_but(socket.as_raw_fd());
+    // No network, from here on: leaving the host's namespace takes root.
+    match crate::sandbox::leave_network() {
+        Ok(true) => {}
+        Ok(false) => eprintln!(
+            "jetkvm-metrics: open-files helper: this kernel has no network namespaces; its seccomp filter alone keeps it off the network"
+        ),
+        Err(e) => {
+            eprintln!("jetkvm-metrics: open-files helper: leaving the network namespace: {e}");
+            return 1;
+        }
+    }
     // Listing another user's `/proc/PID/fd` (a 0500 directory) takes
     // CAP_DAC_READ_SEARCH; reading its links, ptrace access.
     if let Err(e) = crate::privilege::drop_to(user, &[Keep::SysPtrace, Keep::DacReadSearch]) {
@@ -252,11 +330,21 @@ fn helper(socket: OwnedFd, parent: libc::pid_t, user: &User, names: &[String], c
             return 0;
         }
     }
+    // Last: only the loop's system calls from here on.
+    if let Err(e) = crate::sandbox::allow_only_the_helpers_calls() {
+        eprintln!("jetkvm-metrics: open-files helper: seccomp: {e}");
+        return 1;
+    }
     let fd = socket.as_raw_fd();
     if socket::send(fd, &[1], MsgFlags::MSG_NOSIGNAL).is_err() {
         return 1;
     }
-    let mut buf = [0u8; 1 + 4 * MAX_PIDS + 1];
+    serve(fd, names, capture)
+}
+
+/// Answers requests until the daemon's end closes.
+fn serve(fd: i32, names: &[String], capture: &Path) -> i32 {
+    let mut buf = [0u8; SEQ + 4 * MAX_PIDS + 1];
     loop {
         let n = match socket::recv(fd, &mut buf, MsgFlags::empty()) {
             Ok(0) => return 0,
@@ -266,14 +354,14 @@ fn helper(socket: OwnedFd, parent: libc::pid_t, user: &User, names: &[String], c
         };
         // Anything but a number and 1 to 8 whole pids is not the daemon
         // speaking: stop.
-        if n < 5 || (n - 1) % 4 != 0 || n > 1 + 4 * MAX_PIDS {
+        if n < SEQ + 4 || !(n - SEQ).is_multiple_of(4) || n > SEQ + 4 * MAX_PIDS {
             return 1;
         }
         let pids: Vec<u32> =
-            buf[1..n].chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            buf[SEQ..n].chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let a = answer(&pids, names, capture);
         let reply: Vec<u8> =
-            [buf[0], a.node as u8].into_iter().chain(a.pids.iter().map(|p| *p as u8)).collect();
+            buf[..SEQ].iter().copied().chain([a.node as u8]).chain(a.pids.iter().map(|p| *p as u8)).collect();
         if socket::send(fd, &reply, MsgFlags::MSG_NOSIGNAL).is_err() {
             return 1;
         }
@@ -342,27 +430,73 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_late_answer_is_never_taken_for_the_current_one() {
-        let (ours, theirs) =
-            socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-                .unwrap();
-        let helper = std::thread::spawn(move || {
+    /// Answers a request with `answers` (each the request's number plus an
+    /// offset, and a body), and hands its end back.
+    fn fake_helper(theirs: OwnedFd, answers: Vec<(i64, Vec<u8>)>) -> std::thread::JoinHandle<OwnedFd> {
+        std::thread::spawn(move || {
             let mut buf = [0u8; 64];
             let n = socket::recv(theirs.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
-            assert_eq!(n, 5, "a number and one pid");
-            // The answer to an earlier request (open), then this one's (closed).
-            socket::send(theirs.as_raw_fd(), &[buf[0].wrapping_sub(1), 1, 1], MsgFlags::empty()).unwrap();
-            socket::send(theirs.as_raw_fd(), &[buf[0], 1, 0], MsgFlags::empty()).unwrap();
+            assert_eq!(n, SEQ + 4, "a number and one pid");
+            let asked = Sequence::from_le_bytes(buf[..SEQ].try_into().unwrap());
+            for (offset, body) in answers {
+                let mut reply = (asked as i64 + offset).to_le_bytes()[..SEQ].to_vec();
+                reply.extend(body);
+                socket::send(theirs.as_raw_fd(), &reply, MsgFlags::empty()).unwrap();
+            }
             theirs
-        });
-        let mut channel = Channel { socket: ours, sequence: 7 };
-        assert_eq!(
-            exchange(&mut channel, &[42]).unwrap(),
-            Answers { node: true, pids: vec![Answer::Closed] }
-        );
+        })
+    }
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    /// An answer late by one request, or by 256 (which a one-byte number
+    /// took for the current one), is never taken for the current one's.
+    #[test]
+    fn a_late_answer_is_never_taken_for_the_current_one() {
+        let (ours, theirs) = pair();
+        let helper = fake_helper(theirs, vec![(-1, vec![1, 1]), (-256, vec![1, 1]), (0, vec![1, 0])]);
+        let mut channel = Channel::new(ours, 7 + 256 * 3);
+        let got = runtime().block_on(exchange(&mut channel, &[42]));
+        assert_eq!(got.unwrap(), Answers { node: true, pids: vec![Answer::Closed] });
         drop(helper.join().unwrap());
         // The helper gone: an error, never an answer.
-        assert!(exchange(&mut channel, &[42]).is_err());
+        assert!(runtime().block_on(exchange(&mut channel, &[42])).is_err());
+    }
+
+    /// A helper that does not answer (stopped) costs one wait: until it
+    /// answers, the next question fails at once, and none is sent.
+    #[test]
+    fn a_silent_helper_costs_one_wait_then_fails_at_once() {
+        let (ours, theirs) = pair();
+        let mut channel = Channel::new(ours, 0);
+        let rt = runtime();
+        let start = std::time::Instant::now();
+        let first = rt.block_on(exchange(&mut channel, &[42]));
+        assert!(first.unwrap_err().contains("did not answer within"));
+        assert!(start.elapsed() >= HELPER_TIMEOUT);
+        let start = std::time::Instant::now();
+        let second = rt.block_on(exchange(&mut channel, &[42]));
+        assert_eq!(second.unwrap_err(), "the open-files helper has not answered its last question");
+        assert!(start.elapsed() < Duration::from_millis(100));
+        // It answers the first question at last: the next is asked again.
+        let mut buf = [0u8; 64];
+        assert_eq!(socket::recv(theirs.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).unwrap(), SEQ + 4);
+        assert!(
+            socket::recv(theirs.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).is_err(),
+            "one question sent"
+        );
+        let mut late = buf[..SEQ].to_vec();
+        late.extend([1, 1]);
+        socket::send(theirs.as_raw_fd(), &late, MsgFlags::empty()).unwrap();
+        let helper = fake_helper(theirs, vec![(0, vec![1, 1])]);
+        let third = rt.block_on(exchange(&mut channel, &[42]));
+        assert_eq!(third.unwrap(), Answers { node: true, pids: vec![Answer::Open] });
+        drop(helper.join().unwrap());
     }
 }

@@ -15,9 +15,11 @@
 //! - `crypto`: OpenSSL primitives (random, HMAC, constant-time compare)
 //! - `tls`: OpenSSL contexts for both listeners, reloaded as files change
 //! - `privilege`: dropping to the daemon's own user once bound
+//! - `sandbox`: the open-files helper's network namespace and seccomp filter
 //! - `tuning`: allocator and paging advice at start
 //! - `watch`: cheap "did this file change" stamps
 //! - `wording`: I/O errors and dates as people read them
+//! - `files`: reading a file another user may have put in place
 
 pub mod auth;
 pub mod bridge;
@@ -26,10 +28,12 @@ pub mod collectors;
 pub mod config;
 pub mod crypto;
 pub mod device;
+pub mod files;
 pub mod holders;
 pub mod metrics;
 pub mod privilege;
 pub mod probe;
+pub mod sandbox;
 pub mod server;
 pub mod startup;
 pub mod telemetry;

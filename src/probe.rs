@@ -139,8 +139,8 @@ fn device_tls_mode(path: &Path) -> Result<TlsMode, String> {
 
 /// The first certificate of a PEM file, as DER.
 fn leaf(path: &Path) -> Result<Vec<u8>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("{}: {}", path.display(), crate::wording::io_reason(&e)))?;
+    let pem = crate::files::read_file(path, 1 << 20)
+        .map_err(|e| format!("{}: {}", path.display(), crate::wording::io_reason(&e)))?;
     X509::stack_from_pem(&pem)
         .ok()
         .and_then(|v| v.first().and_then(|c| c.to_der().ok()))

@@ -28,9 +28,31 @@ pub fn load_or(path: Option<&Path>, default: &Path) -> Result<Config, Vec<String
             Err(e) => return Err(vec![format!("config {}: {}", default.display(), io_reason(&e))]),
         },
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| vec![format!("config {}: {}", path.display(), io_reason(&e))])?;
+    let text = read_trusted(&path).map_err(|why| vec![format!("config {}: {why}", path.display())])?;
     Config::parse(&text, &path.display().to_string())
+}
+
+/// The most a configuration file holds.
+const CONFIG_MAX: u64 = 1 << 20;
+
+/// The configuration's text, if only the user running this (root on the
+/// device) could have written it: a regular file (never a link followed,
+/// never a FIFO waited on) of theirs (or root's) that no one else may
+/// write, in a directory of theirs (or root's) that no one else may write. What the
+/// file says decides ports, paths and the privileged helper's targets.
+fn read_trusted(path: &Path) -> Result<String, String> {
+    let (text, meta) = crate::files::read_regular(path, CONFIG_MAX).map_err(|e| io_reason(&e))?;
+    // Root's is trusted too (it could write anything anyway).
+    if let Some(why) = crate::files::not_only_mine(&meta, Some(0)) {
+        return Err(why);
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir_meta =
+        std::fs::metadata(dir).map_err(|e| format!("its directory {}: {}", dir.display(), io_reason(&e)))?;
+    match crate::files::not_only_mine(&dir_meta, Some(0)) {
+        Some(why) => Err(format!("its directory {} is {why}", dir.display())),
+        None => Ok(text),
+    }
 }
 
 /// Problems that stop `serve`: roots the collectors cannot work without.

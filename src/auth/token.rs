@@ -115,20 +115,19 @@ pub fn revoke(path: &Path) -> Result<bool, String> {
     }
 }
 
-/// The stored record, `None` if no token is set.
+/// The stored record, `None` if no token is set. The file is opened as
+/// whoever reads it may find it (root, in `check-config`, where the
+/// daemon's user writes): never a link followed or a FIFO waited on.
 pub fn status(path: &Path) -> Result<Option<Record>, String> {
-    let meta = match fs::metadata(path) {
-        Ok(m) => m,
+    let (text, meta) = match crate::files::read_regular(path, MAX_FILE) {
+        Ok(read) => read,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {}", path.display(), io_reason(&e))),
+        Err(e) => return Err(io_err(path, e)),
     };
     let dir = fs::metadata(parent(path)).map_err(|e| io_err(parent(path), e))?;
     only_owner_writes(parent(path), &dir, trusted_dir_owner(&dir))?;
     only_owner_writes(path, &meta, Some(std::os::unix::fs::MetadataExt::uid(&dir)))?;
-    match read(path) {
-        Ok(text) => Record::parse(&text).map(Some).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) => Err(io_err(path, e)),
-    }
+    Record::parse(&text).map(Some).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn parent(path: &Path) -> &Path {
@@ -166,13 +165,6 @@ fn only_owner_writes(path: &Path, meta: &fs::Metadata, also: Option<u32>) -> Res
         ));
     }
     Ok(())
-}
-
-fn read(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    File::open(path)?.take(MAX_FILE).read_to_string(&mut text)?;
-    Ok(text)
 }
 
 /// temp file in the same directory (0600), fsync, rename, fsync the

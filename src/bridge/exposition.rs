@@ -1,11 +1,12 @@
 //! A reader of the Prometheus text format (version 0.0.4), as the device's
-//! app writes it. Ours because no maintained crate fits the binary: the most
-//! used one brings `regex` and `chrono` (+680 KB on the device, see the
-//! README). It reads untrusted text, so every size is bounded: the caller
-//! bounds the text, this bounds what is kept from it. It borrows from the
-//! text (a value is copied only to unescape it), and skips unread the
-//! samples of a family the caller does not keep: most of the app's
-//! exposition is its Go runtime's.
+//! app writes it, one line at a time: the answer is read as it arrives and
+//! merged line by line (`merge`), never held whole. Ours because no
+//! maintained crate fits the binary: the most used one brings `regex` and
+//! `chrono` (+680 KB on the device, see the README). It reads untrusted
+//! text, so every size is bounded. It borrows from the line (a value is
+//! copied only to unescape it); a sample's labels and value are read only
+//! for a family the caller keeps: most of the app's exposition is its Go
+//! runtime's.
 
 use std::borrow::Cow;
 
@@ -19,149 +20,78 @@ pub enum Type {
     Untyped,
 }
 
-/// One family: its `# HELP` and `# TYPE` lines and its samples, in order.
+/// One line of the text.
 #[derive(Debug, PartialEq)]
-pub struct Family<'a> {
-    pub name: &'a str,
-    pub help: Cow<'a, str>,
-    pub kind: Type,
-    /// Whether its samples were read (the caller keeps it).
-    pub kept: bool,
-    pub samples: Vec<Sample<'a>>,
-}
-
-/// One sample line: `suffix` is what follows the family's name (empty, or
-/// `_bucket`, `_sum`, `_count`); a timestamp is read and dropped.
-#[derive(Debug, PartialEq)]
-pub struct Sample<'a> {
-    pub suffix: &'a str,
-    pub labels: Labels<'a>,
-    pub value: f64,
+pub enum Line<'a> {
+    /// Empty, or a comment other than HELP and TYPE.
+    Nothing,
+    Help(&'a str, Cow<'a, str>),
+    Type(&'a str, Type),
+    /// A sample's name, and what follows it (read by [`sample`] if wanted).
+    Sample(&'a str, &'a str),
 }
 
 pub type Labels<'a> = Vec<(&'a str, Cow<'a, str>)>;
 
-/// The most families and samples kept, and labels on one sample.
-pub const MAX_FAMILIES: usize = 500;
-pub const MAX_SAMPLES: usize = 5000;
+/// The most labels on one sample.
 pub const MAX_LABELS: usize = 16;
 
-/// Reads the text, the samples of the families `keep` says yes to; the
-/// first malformed line fails the whole of it (a half-read exposition would
-/// export a wrong sum), naming its number.
-pub fn parse<'a>(text: &'a str, keep: impl Fn(&str) -> bool) -> Result<Vec<Family<'a>>, String> {
-    let mut r = Reader { families: Vec::new(), samples: 0, keep };
-    for (i, line) in text.split('\n').enumerate() {
-        r.line(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+/// What one line says; a malformed one is an error.
+pub fn line(line: &str) -> Result<Line<'_>, String> {
+    let line = line.trim_matches([' ', '\t', '\r']);
+    if line.is_empty() {
+        return Ok(Line::Nothing);
     }
-    Ok(r.families)
+    if let Some(comment) = line.strip_prefix('#') {
+        return comment_line(comment);
+    }
+    let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+    let (name, rest) = line.split_at(end);
+    if !is_metric_name(name) {
+        return Err(format!("{name:?} is not a metric name"));
+    }
+    Ok(Line::Sample(name, rest))
 }
 
-/// One reading: the families so far, the samples read, what is kept.
-struct Reader<'a, K> {
-    families: Vec<Family<'a>>,
-    samples: usize,
-    keep: K,
+/// `# HELP name text` and `# TYPE name type`; any other comment is nothing.
+fn comment_line(comment: &str) -> Result<Line<'_>, String> {
+    let mut words = comment.trim_start_matches([' ', '\t']).splitn(2, [' ', '\t']);
+    let keyword = words.next().unwrap_or("");
+    if keyword != "HELP" && keyword != "TYPE" {
+        return Ok(Line::Nothing);
+    }
+    let rest = words.next().unwrap_or("").trim_start_matches([' ', '\t']);
+    let (name, arg) = rest.split_once([' ', '\t']).unwrap_or((rest, ""));
+    if !is_metric_name(name) {
+        return Err(format!("{keyword}: {name:?} is not a metric name"));
+    }
+    if keyword == "HELP" {
+        return Ok(Line::Help(name, unescape(arg, false)?));
+    }
+    let kind = match arg.trim_matches([' ', '\t']) {
+        "counter" => Type::Counter,
+        "gauge" => Type::Gauge,
+        "histogram" => Type::Histogram,
+        "summary" => Type::Summary,
+        "untyped" => Type::Untyped,
+        other => return Err(format!("TYPE: {other:?} is not a metric type")),
+    };
+    Ok(Line::Type(name, kind))
 }
 
-impl<'a, K: Fn(&str) -> bool> Reader<'a, K> {
-    fn line(&mut self, line: &'a str) -> Result<(), String> {
-        let line = line.trim_matches([' ', '\t']);
-        if line.is_empty() {
-            return Ok(());
-        }
-        if let Some(comment) = line.strip_prefix('#') {
-            return self.comment(comment);
-        }
-        let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
-        let (name, rest) = line.split_at(end);
-        if !is_metric_name(name) {
-            return Err(format!("{name:?} is not a metric name"));
-        }
-        let suffix = match self.families.last().and_then(|f| suffix_in(f, name)) {
-            Some(s) => s,
-            None => {
-                // A sample with no `# TYPE` before it is a family of its own.
-                self.start(name)?;
-                ""
-            }
-        };
-        let family = self.families.last_mut().expect("one exists");
-        if !family.kept {
-            return Ok(());
-        }
-        self.samples += 1;
-        if self.samples > MAX_SAMPLES {
-            return Err(format!("more than {MAX_SAMPLES} samples"));
-        }
-        let (labels, value) = sample(rest)?;
-        family.samples.push(Sample { suffix, labels, value });
-        Ok(())
-    }
-
-    /// `# HELP name text` and `# TYPE name type`; any other comment is skipped.
-    fn comment(&mut self, comment: &'a str) -> Result<(), String> {
-        let mut words = comment.trim_start_matches([' ', '\t']).splitn(2, [' ', '\t']);
-        let keyword = words.next().unwrap_or("");
-        if keyword != "HELP" && keyword != "TYPE" {
-            return Ok(());
-        }
-        let rest = words.next().unwrap_or("").trim_start_matches([' ', '\t']);
-        let (name, arg) = rest.split_once([' ', '\t']).unwrap_or((rest, ""));
-        if !is_metric_name(name) {
-            return Err(format!("{keyword}: {name:?} is not a metric name"));
-        }
-        let same = self.families.last().is_some_and(|f| f.name == name && f.samples.is_empty());
-        if !same {
-            self.start(name)?;
-        }
-        let family = self.families.last_mut().expect("one exists");
-        if keyword == "HELP" {
-            family.help = unescape(arg, false)?;
-        } else {
-            family.kind = match arg.trim_matches([' ', '\t']) {
-                "counter" => Type::Counter,
-                "gauge" => Type::Gauge,
-                "histogram" => Type::Histogram,
-                "summary" => Type::Summary,
-                "untyped" => Type::Untyped,
-                other => return Err(format!("TYPE: {other:?} is not a metric type")),
-            };
-        }
-        Ok(())
-    }
-
-    fn start(&mut self, name: &'a str) -> Result<(), String> {
-        if self.families.iter().any(|f| f.name == name) {
-            return Err(format!("{name:?}: a family met twice"));
-        }
-        if self.families.len() == MAX_FAMILIES {
-            return Err(format!("more than {MAX_FAMILIES} families"));
-        }
-        let kept = (self.keep)(name);
-        self.families.push(Family {
-            name,
-            help: Cow::Borrowed(""),
-            kind: Type::Untyped,
-            kept,
-            samples: Vec::new(),
-        });
-        Ok(())
-    }
-}
-
-/// The suffix of a sample named `name`, if it is one of `f`'s.
-fn suffix_in<'a>(f: &Family, name: &'a str) -> Option<&'a str> {
-    let suffix = name.strip_prefix(f.name)?;
+/// The suffix of a sample named `name`, if it is one of the family
+/// `family`'s (of type `kind`).
+pub fn suffix_in<'a>(family: &str, kind: Type, name: &'a str) -> Option<&'a str> {
+    let suffix = name.strip_prefix(family)?;
     matches!(
-        (f.kind, suffix),
+        (kind, suffix),
         (_, "") | (Type::Histogram, "_bucket" | "_sum" | "_count") | (Type::Summary, "_sum" | "_count")
     )
     .then_some(suffix)
 }
 
 /// `{label="value",...} value [timestamp]`: what follows a sample's name.
-fn sample(mut rest: &str) -> Result<(Labels<'_>, f64), String> {
+pub fn sample(mut rest: &str) -> Result<(Labels<'_>, f64), String> {
     let mut labels = Vec::new();
     if let Some(after) = rest.strip_prefix('{') {
         rest = label_set(after, &mut labels)?;
@@ -252,16 +182,12 @@ fn unescape(s: &str, quotes: bool) -> Result<Cow<'_, str>, String> {
     Ok(Cow::Owned(out))
 }
 
-/// A Go float as the format writes it: digits, `NaN`, `+Inf`, `-Inf`.
+/// A float as Prometheus reads it (Go's `ParseFloat`): digits, and `NaN`,
+/// `Inf`, `+Inf`, `-Inf`, `Infinity` in any case (the `prometheus` crate's
+/// encoder writes `inf`). Rust's own reading is the same but for Go's hex
+/// floats, which no exposition writes.
 fn parse_value(s: &str) -> Option<f64> {
-    match s {
-        "+Inf" | "Inf" => Some(f64::INFINITY),
-        "-Inf" => Some(f64::NEG_INFINITY),
-        "NaN" => Some(f64::NAN),
-        // Rust also reads "inf" and "infinity" in any case: not the format's.
-        _ if s.bytes().any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E') => None,
-        _ => s.parse().ok(),
-    }
+    s.parse().ok()
 }
 
 fn is_metric_name(s: &str) -> bool {
@@ -284,63 +210,51 @@ mod tests {
         pairs.iter().map(|(n, v)| (*n, Cow::Borrowed(*v))).collect()
     }
 
-    fn all(text: &str) -> Result<Vec<Family<'_>>, String> {
-        parse(text, |_| true)
-    }
-
     #[test]
-    fn families_with_help_type_and_samples() {
-        let text = "# HELP a_total Pings, \\\\ and \\n.\n# TYPE a_total counter\n\
-                    a_total{type=\"cloud\",source=\"x\\\"y\"} 3 1700000000000\n\
-                    # TYPE h histogram\nh_bucket{le=\"0.5\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 0.75\nh_count 2\n\
-                    # a comment\n\nloose{a=\"1\",} -Inf\n";
-        let f = all(text).unwrap();
-        assert_eq!(f.len(), 3);
-        assert_eq!((f[0].name, &*f[0].help, f[0].kind), ("a_total", "Pings, \\ and \n.", Type::Counter));
-        let want = labels(&[("type", "cloud"), ("source", "x\"y")]);
-        assert_eq!(f[0].samples, [Sample { suffix: "", labels: want, value: 3.0 }]);
-        assert_eq!((f[1].kind, f[1].samples.len(), f[1].samples[3].suffix), (Type::Histogram, 4, "_count"));
-        assert_eq!(f[1].samples[1].labels, labels(&[("le", "+Inf")]));
+    fn each_kind_of_line() {
         assert_eq!(
-            (f[2].name, f[2].kind, f[2].samples[0].value),
-            ("loose", Type::Untyped, f64::NEG_INFINITY)
+            line("# HELP a_total Pings, \\\\ and \\n.").unwrap(),
+            Line::Help("a_total", "Pings, \\ and \n.".into())
         );
-        // A family not kept: its samples are not read, not even checked.
-        let f = parse("# TYPE go_x gauge\ngo_x{a=\"1} 2\nb 1\n", |n| n != "go_x").unwrap();
-        assert_eq!((f[0].kept, f[0].samples.len(), f[1].samples.len()), (false, 0, 1));
-    }
-
-    #[test]
-    fn malformed_lines_fail_the_whole_text_and_say_where() {
-        for (text, why) in [
-            ("a 1\n9b 2\n", "line 2: \"9b\" is not a metric name"),
-            ("a{b=\"1\" 2\n", "line 1: labels not separated by \",\""),
-            ("a{b=\"1} 2\n", "line 1: a label value without its closing quote"),
-            ("a{b=1} 2\n", "line 1: a label value without quotes"),
-            ("a{b=\"1\",b=\"2\"} 2\n", "line 1: label \"b\" twice"),
-            ("a{__name__=\"b\"} 2\n", "line 1: \"__name__\" is a reserved label name"),
-            ("a{b=\"\\t\"} 2\n", "line 1: unknown escape \"\\t\""),
-            ("a infinity\n", "line 1: \"infinity\" is not a number"),
-            ("a 1 2 3\n", "line 1: text after the timestamp"),
-            ("a 1 x\n", "line 1: \"x\" is not a timestamp"),
-            ("a\n", "line 1: no value"),
-            ("# TYPE a gauge\na 1\nb 1\na 2\n", "line 4: \"a\": a family met twice"),
-            ("# TYPE a kind\n", "line 1: TYPE: \"kind\" is not a metric type"),
-        ] {
-            assert_eq!(all(text).unwrap_err(), why, "{text:?}");
+        assert_eq!(line("# TYPE h histogram").unwrap(), Line::Type("h", Type::Histogram));
+        assert_eq!(line("# a comment").unwrap(), Line::Nothing);
+        assert_eq!(line("  \r").unwrap(), Line::Nothing);
+        assert_eq!(line("a_total{b=\"c\"} 3").unwrap(), Line::Sample("a_total", "{b=\"c\"} 3"));
+        let (l, v) = sample("{type=\"cloud\",source=\"x\\\"y\"} 3 1700000000000").unwrap();
+        assert_eq!((l, v), (labels(&[("type", "cloud"), ("source", "x\"y")]), 3.0));
+        assert_eq!(sample("{a=\"1\",} -Inf").unwrap(), (labels(&[("a", "1")]), f64::NEG_INFINITY));
+        for (v, want) in
+            [("+Inf", f64::INFINITY), ("inf", f64::INFINITY), ("-infinity", f64::NEG_INFINITY), ("1e3", 1e3)]
+        {
+            assert_eq!(sample(&format!(" {v}")).unwrap().1, want, "{v}");
         }
+        assert_eq!(suffix_in("h", Type::Histogram, "h_bucket"), Some("_bucket"));
+        assert_eq!(suffix_in("h", Type::Gauge, "h_bucket"), None);
     }
 
     #[test]
-    fn sizes_are_bounded() {
-        let many: String = (0..=MAX_SAMPLES).map(|i| format!("a{{i=\"{i}\"}} 1\n")).collect();
-        assert_eq!(
-            all(&many).unwrap_err(),
-            format!("line {}: more than {MAX_SAMPLES} samples", MAX_SAMPLES + 1)
-        );
-        let families: String = (0..=MAX_FAMILIES).map(|i| format!("a{i} 1\n")).collect();
-        assert!(all(&families).unwrap_err().ends_with("more than 500 families"));
+    fn malformed_lines_say_why() {
+        for (text, why) in [
+            ("9b 2", "\"9b\" is not a metric name"),
+            ("a{b=\"1\" 2", "labels not separated by \",\""),
+            ("a{b=\"1} 2", "a label value without its closing quote"),
+            ("a{b=1} 2", "a label value without quotes"),
+            ("a{b=\"1\",b=\"2\"} 2", "label \"b\" twice"),
+            ("a{__name__=\"b\"} 2", "\"__name__\" is a reserved label name"),
+            ("a{b=\"\\t\"} 2", "unknown escape \"\\t\""),
+            ("a 1x", "\"1x\" is not a number"),
+            ("a 1 2 3", "text after the timestamp"),
+            ("a 1 x", "\"x\" is not a timestamp"),
+            ("a", "no value"),
+            ("# TYPE a kind", "TYPE: \"kind\" is not a metric type"),
+        ] {
+            let got = match line(text) {
+                Ok(Line::Sample(_, rest)) => sample(rest).map(|_| ()),
+                other => other.map(|_| ()),
+            };
+            assert_eq!(got.unwrap_err(), why, "{text:?}");
+        }
         let wide: String = (0..=MAX_LABELS).map(|i| format!("l{i}=\"v\",")).collect();
-        assert!(all(&format!("a{{{wide}}} 1\n")).unwrap_err().ends_with("more than 16 labels"));
+        assert!(sample(&format!("{{{wide}}} 1")).unwrap_err().ends_with("more than 16 labels"));
     }
 }

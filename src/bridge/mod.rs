@@ -2,9 +2,12 @@
 //! power), re-exposed behind this daemon's authentication. The app serves
 //! them on loopback with none. Each scrape first asks the app (`fetch`,
 //! awaited with a deadline before the collectors run, so the one
-//! worker never blocks), reads the answer (`exposition`), keeps and merges
-//! what belongs to the app (`merge`), and the `app_metrics` collector hands
-//! that to the scrape, or reports success 0 when the app did not answer.
+//! worker never blocks), reads the answer line by line as it arrives
+//! (`exposition`) and keeps and merges what belongs to the app as it goes
+//! (`merge`: every bound counts merged series, so the app's clients cannot
+//! push its metrics out); the `app_metrics` collector hands that to the
+//! scrape with the families it had to drop, or reports success 0 when the
+//! app did not answer.
 //! An app that asks for credentials (newer builds may protect its
 //! `/metrics`) is a state, not a failure: `jetkvm_app_metrics_auth_required`
 //! says so, and one log line when it starts and one when it ends.
@@ -17,14 +20,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::proto::MetricFamily;
-
 use crate::collectors::{Collector, Error, Families, Kind, Result};
 use crate::config::AppMetrics;
 
-pub use exposition::parse;
 use fetch::Failure;
-pub use merge::{kept, merge};
+pub use fetch::Lines;
+pub use merge::{kept, merge_text, Merged, Merger};
 
 /// The app's address, the deadline, and what the last scrape got.
 pub struct Bridge {
@@ -35,7 +36,7 @@ pub struct Bridge {
 
 struct Fetched {
     took: Duration,
-    result: std::result::Result<Vec<MetricFamily>, Failure>,
+    result: std::result::Result<Merged, Failure>,
 }
 
 impl Bridge {
@@ -49,10 +50,9 @@ impl Bridge {
     /// gathering that follows.
     pub async fn refresh(&self) {
         let start = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, fetch::get(self.address)).await {
-            Ok(Ok(text)) => parse(&text, kept)
-                .and_then(merge)
-                .map_err(|e| Failure::Other(format!("{}: {e}", self.address))),
+        let mut merger = Merger::default();
+        let result = match tokio::time::timeout(self.timeout, fetch::get(self.address, &mut merger)).await {
+            Ok(Ok(())) => Ok(merger.finish()),
             Ok(Err(failure)) => Err(failure),
             Err(_) => Err(Failure::Other(format!("{}: no answer within {:?}", self.address, self.timeout))),
         };
@@ -62,7 +62,11 @@ impl Bridge {
 
     /// The collector that hands the last answer to the scrape.
     pub fn collector(self: &Arc<Self>) -> Box<dyn Collector> {
-        Box::new(AppMetricsCollector { bridge: self.clone(), auth_required: Mutex::new(false) })
+        Box::new(AppMetricsCollector {
+            bridge: self.clone(),
+            auth_required: Mutex::new(false),
+            dropped: Mutex::new(Vec::new()),
+        })
     }
 }
 
@@ -71,9 +75,24 @@ struct AppMetricsCollector {
     /// Whether the app asked for credentials last time: the log says
     /// when that starts and ends, not on every scrape.
     auth_required: Mutex<bool>,
+    /// The families dropped from the last answer, and why: logged when
+    /// that changes.
+    dropped: Mutex<Vec<(String, String)>>,
 }
 
 impl AppMetricsCollector {
+    fn dropped(&self, now: &[(String, String)]) {
+        let mut was = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        if *was != now {
+            let said: Vec<String> = now.iter().map(|(name, why)| format!("{name} ({why})")).collect();
+            match said.is_empty() {
+                true => log::info!("app metrics: no family of the app's dropped any more"),
+                false => log::warn!("app metrics: dropped {}", said.join(", ")),
+            }
+            *was = now.to_vec();
+        }
+    }
+
     fn auth_required(&self, now: bool, why: &str) {
         let mut was = self.auth_required.lock().unwrap_or_else(|e| e.into_inner());
         match (*was, now) {
@@ -97,19 +116,26 @@ impl Collector for AppMetricsCollector {
         let last = self.bridge.last.lock().unwrap_or_else(|e| e.into_inner()).take();
         let fetched = last.ok_or_else(|| Error::NoData("not asked yet".into()))?;
         let result = match fetched.result {
-            Ok(families) => {
-                out.extend(families);
+            Ok(merged) => {
+                out.extend(merged.families);
                 self.auth_required(false, "");
-                Ok(false)
+                self.dropped(&merged.dropped);
+                Ok((false, merged.dropped.len()))
             }
             Err(Failure::Unauthorized(why)) => {
                 self.auth_required(true, &why);
-                Ok(true)
+                Ok((true, 0))
             }
             Err(Failure::Refused(msg)) => Err(Error::NoData(msg)),
             Err(Failure::Other(msg)) => Err(Error::Failed(msg)),
         };
-        let auth_required = result?;
+        let (auth_required, dropped) = result?;
+        out.single(
+            "jetkvm_app_metrics_families_dropped",
+            "Families of the device app's last answer not re-exposed: not mergeable, or past a bound after merging (see the log).",
+            Kind::Gauge,
+            dropped as f64,
+        );
         out.single(
             "jetkvm_app_metrics_auth_required",
             "Whether the device app asked for credentials for its own metrics (then they are not re-exposed).",

@@ -53,6 +53,8 @@ pub mod parsers {
 /// report on each (its success and duration), kept between scrapes.
 pub struct Collectors {
     timed: Vec<Timed>,
+    /// The capture question, asked before the collectors run.
+    capture: Option<capture::Capture>,
     status: Mutex<Families>,
     /// The body's buffer, and the last body's length.
     out: Mutex<(BytesMut, usize)>,
@@ -66,7 +68,8 @@ impl Collectors {
         let procfs = config.proc_root.clone();
         let sysfs = config.sys_root.clone();
         let gadget = sysfs.join("kernel/config/usb_gadget").join(&config.usb_gadget);
-        let mut all = Collectors { timed: Vec::new(), status: Mutex::default(), out: Mutex::default() };
+        let mut all =
+            Collectors { timed: Vec::new(), capture: None, status: Mutex::default(), out: Mutex::default() };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(time::Time),
             Box::new(loadavg::LoadAvg),
@@ -101,11 +104,10 @@ impl Collectors {
                 names: config.app_processes.clone(),
                 capture: node.clone(),
             });
-            // The capture collector reads what the app collector found
-            // in the same scrape: it runs after it.
             let capture = capture::Capture::new(app.found(), holders, node);
             all.push(Box::new(app))?;
-            all.push(Box::new(capture))?;
+            all.push(Box::new(capture.clone()))?;
+            all.capture = Some(capture);
         }
         Ok(all)
     }
@@ -119,7 +121,16 @@ impl Collectors {
         Ok(())
     }
 
-    /// A scrape's body: every collector run once, in order, then what they
+    /// What a scrape asks before its collectors run, on the runtime: the
+    /// app's processes found and who of them holds the capture node (the
+    /// open-files helper may take its time; the worker serves others).
+    pub async fn prepare(&self) {
+        if let Some(c) = &self.capture {
+            c.prepare().await;
+        }
+    }
+
+    /// A scrape's body, after [`Collectors::prepare`]: every collector run once, in order, then what they
     /// hold, their success and duration, and `own` (families of the
     /// daemon's counters) encoded by name, as `prometheus::Registry` orders
     /// a gathering.

@@ -69,24 +69,29 @@ pub fn run(config: Config, announce: &Announce, user: Option<&crate::privilege::
     };
     let state = State::new(config, holders)?;
     let sockets = bind(&state)?;
-    if let Some(user) = user {
-        crate::privilege::drop_to(user, &[crate::privilege::Keep::DacReadSearch])?;
-    }
     let ports = || state.listeners.iter().map(|l| format!("{} {}\n", l.role.label(), l.address())).collect();
     let files = [
         ("pid file", announce.pidfile, format!("{}\n", std::process::id())),
         ("ports file", announce.ports_file, announce.ports_file.map(|_| ports()).unwrap_or_default()),
     ];
+    let remove = || files.iter().filter_map(|(_, p, _)| *p).for_each(|p| drop(std::fs::remove_file(p)));
+    // Written while still root, where the init script keeps them: the
+    // daemon's user can neither change them nor make root wait on them.
+    // Every listener is bound: whoever waits for them knows it serves.
+    for (what, path, text) in &files {
+        if let Some(p) = path {
+            write_whole(what, p, text).inspect_err(|_| remove())?;
+        }
+    }
+    if let Some(user) = user {
+        crate::privilege::drop_to(user, &[crate::privilege::Keep::DacReadSearch])
+            .inspect_err(|_| remove())?;
+    }
     actix_web::rt::System::new().block_on(async move {
-        for (what, path, text) in &files {
-            if let Some(p) = path {
-                write_whole(what, p, text)?;
-            }
-        }
         let result = serve(state, sockets).await;
-        for p in files.iter().filter_map(|(_, p, _)| *p) {
-            let _ = std::fs::remove_file(p);
-        }
+        // As the daemon's user, only where it may: the init script removes
+        // root's.
+        remove();
         result
     })
 }
@@ -199,9 +204,19 @@ async fn reload_on_hangup(state: Arc<State>, mut hup: tokio::signal::unix::Signa
 /// Written whole (a temporary file renamed into place): a reader never
 /// sees a partial file.
 fn write_whole(what: &str, path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, text)
+    // A new file, never through a link someone left at its name.
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| format!("{what} {}: {}", path.display(), io_reason(&e)))
 }

@@ -208,9 +208,11 @@ async fn scrape(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
             .insert_header((header::VARY, VARY))
             .body(format!("{}\n", metrics::CONTENT_TYPE));
     }
+    let _turn = state.scrape_turn.lock().await;
     if let Some(bridge) = &state.bridge {
         bridge.refresh().await;
     }
+    state.collectors.prepare().await;
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
         .insert_header((header::CACHE_CONTROL, "no-store"))

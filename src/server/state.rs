@@ -29,6 +29,10 @@ pub struct State {
     pub telemetry: Telemetry,
     pub listeners: Vec<Arc<Listener>>,
     pub refusal_log: LogLimiter,
+    /// One scrape at a time: what a scrape asks before its collectors run
+    /// (the app's answer, the capture question) is kept for its own
+    /// gathering, never taken by another's that overtook it at an await.
+    pub scrape_turn: tokio::sync::Mutex<()>,
 }
 
 impl State {
@@ -76,6 +80,7 @@ impl State {
             collectors,
             bridge,
             refusal_log: LogLimiter::new(20, Duration::from_secs(60)),
+            scrape_turn: tokio::sync::Mutex::new(()),
             listeners,
             config,
         }))

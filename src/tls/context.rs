@@ -68,8 +68,13 @@ pub fn take_rejection() -> Option<Reason> {
 /// looking new.
 pub(super) const RETRY_FAILED: Duration = Duration::from_secs(1);
 
+/// The most a certificate, key or CA file holds.
+const PEM_MAX: u64 = 1 << 20;
+
+/// Read as root at start: a regular file (through links), never a FIFO
+/// waited on or a device read.
 fn read(role: Role, path: &Path) -> Result<Vec<u8>, FileError> {
-    std::fs::read(path).map_err(|e| file_error(role, path, io_reason(&e)))
+    crate::files::read_file(path, PEM_MAX).map_err(|e| file_error(role, path, io_reason(&e)))
 }
 
 /// Every certificate in a PEM file, at least one.

@@ -109,7 +109,7 @@ def boot(c):
     check("board: no C library in the image", board.sh("ls /lib/ld-* /lib/libc.so* 2>/dev/null | wc -l").strip() == "0")
     # Least privilege: its own user, one capability, no way back.
     status = board.sh("grep -E '^(Uid|Gid|Groups|Cap...|NoNewPrivs):' "
-                      "/proc/$(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid)/status")
+                      "/proc/$(cat /var/run/jetkvm-metrics.pid)/status")
     print(status, flush=True)
     fields = {k: v.split() for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)}
     uid = board.sh("grep '^jetkvm-metrics:' /etc/passwd | cut -d: -f3").strip()
@@ -119,8 +119,10 @@ def boot(c):
           and all(fields.get(cap) == dac_read_search for cap in ("CapEff", "CapPrm", "CapBnd"))
           and all(fields.get(cap) == ["0000000000000000"] for cap in ("CapInh", "CapAmb"))
           and fields.get("NoNewPrivs") == ["1"], status)
-    owners = board.sh("ls -ldn /userdata/jetkvm/metrics /var/run/jetkvm-metrics | awk '{print $3}'").split()
-    check("board: its token and pid directories are its own", owners == [uid] * 2, repr(owners))
+    owners = board.sh("stat -c %u /userdata/jetkvm/metrics /userdata/jetkvm/metrics/token /var/run/jetkvm-metrics.pid"
+                      " /userdata/jetkvm/metrics/config-mtls.toml").split()
+    check("board: its token directory alone is its own; the configuration's directory, files and pid file root's",
+          owners == ["0", uid, "0", "0"], repr(owners))
     # The system version is told to a client on the device (the update's
     # probe), never to the LAN.
     version = board.sh("cat /version").strip()
@@ -192,13 +194,13 @@ def kill_9(c):
     board = c.board
     url = c.url
     token = c.token
-    pid = board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid").strip()
+    pid = board.sh("cat /var/run/jetkvm-metrics.pid").strip()
     board.sh(f"kill -9 {pid}")
     killed = time.monotonic()
     until("daemon back after kill -9", lambda: http_status(url, token) == 200, 10)
     back = time.monotonic() - killed
     check("board: daemon back within 5 s of kill -9", back < 5, f"{back:.1f}s")
-    check("board: a new daemon process", board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid").strip() != pid)
+    check("board: a new daemon process", board.sh("cat /var/run/jetkvm-metrics.pid").strip() != pid)
 
 
 def device_tls(c):
@@ -280,7 +282,7 @@ def mtls_service(c):
     tls = until("listener state", lambda: prom.value('jetkvm_exporter_listener_info{job="mtls",listener="metrics_service",tls="mtls"}'), 30)
     check("prometheus: metrics service reports mTLS", tls == 1)
     measure_mtls_handshakes(board)
-    rss = board.sh("grep '^Rss' /proc/$(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid)/smaps_rollup").split()[1]
+    rss = board.sh("grep '^Rss' /proc/$(cat /var/run/jetkvm-metrics.pid)/smaps_rollup").split()[1]
     print(f"board: daemon RSS (smaps_rollup) {rss} kB", flush=True)
     with open(f"{board.state}/daemon-rss-kb", "w") as f:
         f.write(rss)
@@ -317,12 +319,59 @@ def init_script(c):
                    f" cp /tmp/config.good {cfg} && /etc/init.d/S95jetkvm-metrics restart; echo exit=$?", timeout=90)
     check("board: restart during the back-off starts the fixed daemon", out.rstrip().endswith("Starting jetkvm-metrics: OK\nexit=0"), out)
     time.sleep(40)
-    state = board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid && kill -0 $(cat /var/run/jetkvm-metrics/jetkvm-metrics.pid) && echo alive;"
+    state = board.sh("cat /var/run/jetkvm-metrics.pid && kill -0 $(cat /var/run/jetkvm-metrics.pid) && echo alive;"
                      " ls /var/run/ | grep -c '^jetkvm-metrics.log'; ps | grep '[s]upervise' | grep -vc '{'")
     # (ps shows a BusyBox applet a shell runs without exec as {name}.)
     check("board: 40 s later the daemon's pid file, one log pipe and one supervisor remain",
           state.split()[1:] == ["alive", "1", "1"], state)
     until("mTLS job up after the back-off", lambda: prom.up("mtls") == 1, 60)
+
+
+def daemon_user_against_root(c):
+    """What the daemon's user can do to root (a third review): nothing root
+    reads is that user's to write. As that uid, it cannot replace the
+    configuration, put a FIFO or a link in its place, or touch the pid file.
+    A configuration of that user's, a FIFO or a link to /dev/zero in its
+    place (what an earlier release's layout allowed) is refused by serve,
+    probe and check-config at once, each naming it. And that earlier layout
+    is taken back at start, the token kept."""
+    board, prom = c.board, c.prom
+    uid, gid = board.sh("grep '^jetkvm-metrics:' /etc/passwd | cut -d: -f3,4").strip().split(":")
+    m = "/userdata/jetkvm/metrics"
+    cfg = f"{m}/config.toml"
+    saved = board.sh(f"cp {cfg} /tmp/config.saved && sha256sum {cfg}").split()[0]
+    for what, command in (("write the configuration", f"echo bogus > {cfg}"),
+                          ("put a FIFO in its place", f"rm -f {cfg}; mkfifo {cfg}"),
+                          ("put a link to /dev/zero in its place", f"ln -sf /dev/zero {cfg}"),
+                          ("put a configuration beside it", f"touch {m}/other.toml"),
+                          ("rewrite the pid file", "echo 1 > /var/run/jetkvm-metrics.pid")):
+        out = board.sh(f"setpriv --reuid={uid} --regid={gid} --clear-groups sh -c '{command}' 2>&1; echo exit=$?")
+        check(f"board: as the daemon's user, it cannot {what}", "exit=0" not in out, out)
+    check("board: the configuration as root left it", board.sh(f"sha256sum {cfg}").split()[0] == saved)
+    for what, setup, why in (
+            ("a configuration the daemon's user owns", f"chown {uid} {cfg}",
+             f"owned by uid {uid}, not by the user running this (uid 0)"),
+            ("a FIFO", f"rm -f {cfg} && mkfifo {cfg}", "not a regular file"),
+            ("a link to /dev/zero", f"rm -f {cfg} && ln -s /dev/zero {cfg}", "a symbolic link")):
+        line = f"config {cfg}: {why}"
+        out = board.sh(f"{setup} && /etc/init.d/S95jetkvm-metrics restart; echo start=$?;"
+                       " timeout 20 /etc/init.d/S95jetkvm-metrics probe; echo probe=$?;"
+                       f" timeout 20 jetkvm-metrics check-config --config {cfg}; echo check=$?;"
+                       f" logread | grep -cF '{line}'", timeout=120)
+        said = out.split()
+        check(f"board: {what} as the configuration: serve refuses it (FAIL), probe and check-config at once, each naming it",
+              "Starting jetkvm-metrics: FAIL" in out and "start=1" in said and "probe=124" not in said
+              and "probe=0" not in said and "check=1" in said and out.count(line) >= 2 and said[-1] != "0", out)
+        board.sh(f"rm -f {cfg} && cp /tmp/config.saved {cfg}")
+    # The layout of earlier releases: the metrics directory the daemon's
+    # user's, the token in it.
+    board.sh(f"chown {uid} {m} && mv {m}/token/token.sha256 {m}/token.sha256 && rmdir {m}/token")
+    out = board.sh("/etc/init.d/S95jetkvm-metrics restart; echo exit=$?", timeout=60)
+    owners = board.sh(f"stat -c %u {m} {m}/token {m}/token/token.sha256").split()
+    token = board.sh(f"jetkvm-metrics token status --config {cfg}")
+    check("board: an earlier release's layout taken back at start: the directory root's, the token moved to the user's",
+          "exit=0" in out and owners[:2] == ["0", uid] and token.startswith("token set since"), f"{out} {owners} {token}")
+    until("mTLS job up", lambda: prom.up("mtls") == 1, 60)
 
 
 # The device's gadget, on dummy_hcd's controller: keyboard, absolute and
@@ -503,9 +552,9 @@ def open_files_helper(board):
     """The one process with CAP_SYS_PTRACE: the daemon's child, its user,
     that capability and CAP_DAC_READ_SEARCH alone, no_new_privs, and no
     descriptor but its socket and the standard streams."""
-    daemon = board.sh("cat /var/run/jetkvm-metrics/jetkvm-metrics.pid").strip()
+    daemon = board.sh("cat /var/run/jetkvm-metrics.pid").strip()
     pids = board.sh("pidof jkm-openfiles").split()
-    status = board.sh(f"grep -E '^(PPid|Uid|Cap...|NoNewPrivs):' /proc/{pids[0]}/status") if len(pids) == 1 else ""
+    status = board.sh(f"grep -E '^(PPid|Uid|Cap...|NoNewPrivs|Seccomp):' /proc/{pids[0]}/status") if len(pids) == 1 else ""
     fields = {k: v.split() for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)}
     uid = board.sh("grep '^jetkvm-metrics:' /etc/passwd | cut -d: -f3").strip()
     check("board: one open-files helper, the daemon's child, as jetkvm-metrics with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
@@ -513,6 +562,9 @@ def open_files_helper(board):
           and all(fields.get(cap) == ["0000000000080004"] for cap in ("CapEff", "CapPrm", "CapBnd"))
           and all(fields.get(cap) == ["0000000000000000"] for cap in ("CapInh", "CapAmb"))
           and fields.get("NoNewPrivs") == ["1"], f"{pids} {status}")
+    nets = board.sh(f"readlink /proc/{daemon}/ns/net; readlink /proc/{pids[0]}/ns/net").split() if pids else []
+    check("board: the helper under its seccomp filter, in a network namespace of its own",
+          fields.get("Seccomp") == ["2"] and len(nets) == 2 and nets[0] != nets[1], f"{status} {nets}")
     fds = board.sh(f"ls -l /proc/{pids[0]}/fd | grep -c socket:; ls /proc/{pids[0]}/fd | wc -l").split() if pids else []
     check("board: the helper holds its one socket and standard streams, no listener", fds == ["1", "4"], repr(fds))
 
@@ -626,6 +678,7 @@ PHASES = [
     ("bounded log", bounded_log),
     ("mTLS service", mtls_service),
     ("init script", init_script),
+    ("the daemon's user against root", daemon_user_against_root),
     ("the KVM's own state", kvm_state),
     ("the device's app, both generations", app_generations),
     ("the device app's own metrics", app_metrics),

@@ -78,7 +78,7 @@ PAST = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400))
 # one address, written in single quotes, and /run collected.
 USERDATA_CONFIG = """listen_addr = '10.0.2.15:3080'
 device_config = "/userdata/kvm_config.json"
-token_file = "/userdata/jetkvm/metrics/token.sha256"
+token_file = "/userdata/jetkvm/metrics/token/token.sha256"
 connection_ports = [80, 443]
 filesystems = ["/", "/userdata", "/run"]
 """
@@ -471,6 +471,16 @@ def refusal_checks(board, hostile, older):
                    " echo \"exit=$?\"", timeout=120)
     check("updater: --allow-downgrade from the console passes the version check (stopped here by the room check)",
           f"installing {older} over" in out and "not enough room" in out and "exit=1" in out, out)
+    # The same older release, downloaded and applied locally: apply checks
+    # the signed version as install does (it once flashed any signed tar).
+    board.sh(f"mkdir -p /tmp/older && cd /tmp/older && for f in release.json release.json.sig system.tar system.tar.sig;"
+             f" do wget -q -O $f {URL}/{older}/$f; done", timeout=120)
+    ok, out = refused("jetkvm-ota apply /tmp/older/release.json", f"{older} is not newer than the running")
+    check("updater: an older signed release refused by apply too", ok, out)
+    ok, out = refused("jetkvm-ota apply --allow-downgrade /tmp/older/release.json </dev/null",
+                      "--allow-downgrade is taken only from a terminal")
+    check("updater: apply's --allow-downgrade refused without a terminal", ok, out)
+    board.sh("rm -rf /tmp/older")
 
     # One lock for install, apply and confirm; an owner that died is noticed.
     board.sh("sleep 600 & mkdir /run/jetkvm-ota.lock; echo $! > /run/jetkvm-ota.lock/pid")
@@ -756,11 +766,11 @@ def rollback(c):
     copied, cannot start its daemon: rolled back to N+2."""
     board, prom, tok, figures = c.board, c.prom, c.tok, c.figures
     n, n1, n2, n3 = c.versions
-    board.sh("mkdir -m 1777 /tmp/pub && cd /tmp/pub && for f in system.tar system.tar.sha256 system.tar.sig; do"
+    board.sh("mkdir -m 1777 /tmp/pub && cd /tmp/pub && for f in release.json release.json.sig system.tar system.tar.sig; do"
              f" wget -q -O $f {URL}/{n3}/$f; done && chmod 666 /tmp/pub/*", timeout=120)
     booted = len(board.bootloader_lines())
-    board.sh("start-stop-daemon --start --background --exec /usr/sbin/jetkvm-ota -- apply /tmp/pub/system.tar")
-    until("the tar copied to the private work directory", lambda: "copied /tmp/pub/system.tar" in board.ota_log(), 120)
+    board.sh("start-stop-daemon --start --background --exec /usr/sbin/jetkvm-ota -- apply /tmp/pub/release.json")
+    until("the release copied to the private work directory", lambda: "copied /tmp/pub/release.json" in board.ota_log(), 120)
     board.sh("head -c 1048576 /dev/urandom > /tmp/pub/system.tar")
     until("the first boot of N+3", lambda: any("A/B slot _b" in ln for ln in board.bootloader_lines()[booted:]), 300)
     first = time.monotonic()

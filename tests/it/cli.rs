@@ -199,3 +199,75 @@ fn device_config_missing_at_start_is_not_fatal_but_refuses() {
     std::fs::write(d.device_config(), no_password_mode()).unwrap();
     assert_eq!(d.get("/metrics", &[]).status, 200);
 }
+
+/// Regression (a third review): root read the configuration from a
+/// directory the daemon's user owned. A FIFO there held `serve`, `probe`
+/// and `check-config` forever; a file of that user's chose ports and the
+/// privileged helper's targets. Each now refuses, at once and in one line
+/// naming the file, anything but a regular file only its reader may write,
+/// in a directory only its reader (or root) may write.
+#[test]
+fn a_configuration_someone_else_could_write_is_refused_at_once() {
+    let dir = TempDir::new();
+    let good = dir.write("config.toml", "listen_addr = \"127.0.0.1:0\"\n");
+    let fifo = dir.path("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let zero = dir.path("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let loose = dir.write("loose.toml", "");
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let open_dir = dir.path("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let in_open = open_dir.join("config.toml");
+    std::fs::write(&in_open, "").unwrap();
+    let mut cases = vec![
+        (fifo, "not a regular file".to_string()),
+        (zero, "a symbolic link".to_string()),
+        (loose, "writable by group or others (mode 666)".to_string()),
+        (
+            in_open.clone(),
+            format!("its directory {} is writable by group or others (mode 777)", open_dir.display()),
+        ),
+    ];
+    // Another user's file (the daemon's, on the device), where this test
+    // may give one away.
+    if nix::unistd::geteuid().is_root() {
+        let theirs = dir.write("theirs.toml", "");
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        cases.push((theirs, "owned by uid 65534, not by the user running this (uid 0)".into()));
+    }
+    for (path, why) in cases {
+        for command in ["serve", "probe", "check-config"] {
+            let start = std::time::Instant::now();
+            let (code, out, err) = run(&[command, "--config", path.to_str().unwrap()]);
+            let said = format!("{out}{err}");
+            assert!(start.elapsed() < std::time::Duration::from_secs(5), "{command} {}", path.display());
+            assert_ne!(code, 0, "{command} {}: {said}", path.display());
+            let line = format!("config {}: {why}", path.display());
+            assert!(said.lines().any(|l| l.ends_with(&line)), "{command}: want {line:?}, got {said:?}");
+        }
+    }
+    let (code, out, _) = run(&["check-config", "--config", good.to_str().unwrap()]);
+    assert_eq!((code, out.lines().last()), (0, Some("OK")), "{out}");
+}
+
+/// The token file is the daemon user's to write: a FIFO or a link there
+/// (that user's doing) never holds root's `check-config` or `token status`.
+#[test]
+fn a_token_file_that_is_a_fifo_or_a_link_is_refused_at_once() {
+    let dir = TempDir::new();
+    let fifo = dir.path("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let link = dir.path("link");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    for (token, why) in [(&fifo, "not a regular file"), (&link, "a symbolic link")] {
+        let config = dir.write("config.toml", &format!("token_file = \"{}\"\n", token.display()));
+        for args in [&["check-config"][..], &["token", "status"]] {
+            let start = std::time::Instant::now();
+            let (_, out, err) = run(&[args, &["--config", config.to_str().unwrap()]].concat());
+            assert!(start.elapsed() < std::time::Duration::from_secs(5), "{args:?} {why}");
+            assert!(err.contains(&format!("{}: {why}", token.display())), "{args:?}: {out}{err}");
+        }
+    }
+}

@@ -744,6 +744,11 @@ pub struct AppServer {
 
 impl AppServer {
     pub fn start(answer: Option<Vec<u8>>) -> AppServer {
+        AppServer::start_after(answer, Duration::ZERO)
+    }
+
+    /// Answers each request `delay` after it came, one at a time.
+    pub fn start_after(answer: Option<Vec<u8>>, delay: Duration) -> AppServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -759,6 +764,7 @@ impl AppServer {
                     head.push(byte[0]);
                 }
                 seen.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+                std::thread::sleep(delay);
                 match &answer {
                     Some(a) => {
                         let _ = conn.write_all(a);

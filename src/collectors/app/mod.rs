@@ -29,9 +29,9 @@ pub use roles::{Generation, Role};
 
 pub struct App(Found);
 
-/// The app's processes as the `app` collector last found them, shared with
-/// the `video_capture` collector, which runs after it in every scrape and
-/// reads what it left.
+/// The app's processes, found anew before each scrape's collectors run
+/// (`update`, by the capture question, which needs them first), then
+/// reported by the `app` collector.
 #[derive(Clone)]
 pub struct Found {
     /// The names of the app's binaries: the first its own, any other a
@@ -50,8 +50,7 @@ struct State {
     generation: Option<Generation>,
     /// The last pid created as of the last walk of `/proc`, and when.
     walked: Option<(u64, Instant)>,
-    /// Why this scrape's update failed: the capture collector fails too,
-    /// never reads half-updated pids.
+    /// Why this scrape's update failed: the app collector reports it.
     failed: Option<String>,
 }
 
@@ -96,8 +95,9 @@ impl Found {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Brings the pids up to date: once a scrape, by the `app` collector.
-    fn update(&self) -> Result<MutexGuard<'_, State>> {
+    /// Brings the pids up to date, once a scrape before its collectors run;
+    /// the pids of the app's running processes.
+    pub fn update(&self) -> Result<Vec<u32>> {
         let mut s = self.lock();
         s.failed = None;
         let lost = s.refresh(&self.names);
@@ -118,16 +118,15 @@ impl Found {
                 s.refresh(&self.names);
             }
         }
-        Ok(s)
+        Ok(s.found.pids.iter().flatten().copied().collect())
     }
 
-    /// The pids of the app's running processes as this scrape's `app`
-    /// collector found them; its failure, if it failed.
-    pub fn pids(&self) -> Result<Vec<u32>> {
+    /// What this scrape's update found, or why it failed.
+    fn current(&self) -> Result<MutexGuard<'_, State>> {
         let s = self.lock();
         match &s.failed {
             Some(why) => Err(Error::Failed(why.clone())),
-            None => Ok(s.found.pids.iter().flatten().copied().collect()),
+            None => Ok(s),
         }
     }
 }
@@ -228,7 +227,7 @@ impl Collector for App {
     }
 
     fn update(&self, out: &mut Families) -> Result<()> {
-        let s = self.0.update()?;
+        let s = self.0.current()?;
         // The roles its generation has, and any that runs.
         let roles: Vec<(Role, Option<&Process>)> = Role::ALL
             .iter()
