@@ -14,7 +14,7 @@ USAGE:
                          [--user UID:GID]
     jetkvm-metrics check-config [--config FILE]
     jetkvm-metrics token new|revoke|status [--config FILE]
-    jetkvm-metrics probe [--config FILE]
+    jetkvm-metrics probe [--config FILE] [--require-app]
     jetkvm-metrics --help | --version
 
 COMMANDS:
@@ -38,6 +38,9 @@ COMMANDS:
                   no credential, and expect /healthz to answer with this
                   system's version. Prints what answered, or why not and
                   exits 1. The system update confirms a new slot with it.
+                  With --require-app, also that the device's app runs whole
+                  (each of its processes by role): on a system with the
+                  app, a slot is kept only if both hold.
 
 OPTIONS:
     -c, --config FILE  Configuration file (TOML). Without it,
@@ -81,6 +84,7 @@ struct Args {
     pidfile: Option<PathBuf>,
     ports_file: Option<PathBuf>,
     user: Option<String>,
+    require_app: bool,
 }
 
 enum Parsed {
@@ -97,6 +101,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
     let mut pidfile = None;
     let mut ports_file = None;
     let mut user = None;
+    let mut require_app = false;
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Short('h') | Long("help") => return Ok(Parsed::Help),
@@ -110,6 +115,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
             Long("ports-file") => {
                 ports_file = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?));
             }
+            Long("require-app") => require_app = true,
             Short('u') | Long("user") => {
                 user = Some(p.value().map_err(|e| e.to_string())?.to_string_lossy().into_owned());
             }
@@ -139,14 +145,17 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
             other => return Err(format!("{} (try --help)", other.unexpected())),
         }
     }
+    if require_app && !matches!(command, Some(Command::Probe)) {
+        return Err("--require-app is an option of probe (try --help)".into());
+    }
     match command {
         Some(Command::Serve) => {
-            Ok(Parsed::Run(Args { command: Command::Serve, config, pidfile, ports_file, user }))
+            Ok(Parsed::Run(Args { command: Command::Serve, config, pidfile, ports_file, user, require_app }))
         }
         Some(_) if pidfile.is_some() => Err("--pidfile is an option of serve (try --help)".into()),
         Some(_) if ports_file.is_some() => Err("--ports-file is an option of serve (try --help)".into()),
         Some(_) if user.is_some() => Err("--user is an option of serve (try --help)".into()),
-        Some(command) => Ok(Parsed::Run(Args { command, config, pidfile, ports_file, user })),
+        Some(command) => Ok(Parsed::Run(Args { command, config, pidfile, ports_file, user, require_app })),
         None => Err("missing command: serve, check-config, token or probe (try --help)".into()),
     }
 }
@@ -171,20 +180,27 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
             0
         }
         Parsed::Run(Args { command: Command::CheckConfig, config, .. }) => check_config(config),
-        Parsed::Run(Args { command: Command::Serve, config, pidfile, ports_file, user }) => {
+        Parsed::Run(Args { command: Command::Serve, config, pidfile, ports_file, user, .. }) => {
             let announce =
                 crate::server::Announce { pidfile: pidfile.as_deref(), ports_file: ports_file.as_deref() };
             serve(config, &announce, user)
         }
         Parsed::Run(Args { command: Command::Token(t), config, .. }) => token(t, config),
-        Parsed::Run(Args { command: Command::Probe, config, .. }) => probe(config),
+        Parsed::Run(Args { command: Command::Probe, config, require_app, .. }) => probe(config, require_app),
     }
 }
 
-fn probe(path: Option<PathBuf>) -> i32 {
+fn probe(path: Option<PathBuf>, require_app: bool) -> i32 {
     crate::crypto::init();
     let Some(config) = load(path.as_deref()) else { return 1 };
-    match crate::probe::run(&config) {
+    let app = || {
+        if require_app {
+            crate::probe::app_runs(&config).map(|a| format!("; {a}"))
+        } else {
+            Ok(String::new())
+        }
+    };
+    match crate::probe::run(&config).and_then(|said| Ok(said + &app()?)) {
         Ok(said) => {
             println!("{said}");
             0

@@ -52,6 +52,24 @@ impl Speak {
     }
 }
 
+/// Whether the device's app runs whole: every role its generation has (the
+/// app alone while that generation is not known). A system update keeps a
+/// slot only with the app running and the daemon answering: the daemon's
+/// answer alone keeps no slot.
+pub fn app_runs(config: &Config) -> Result<String, String> {
+    if config.app_processes.is_empty() {
+        return Err("key \"app_processes\" is empty: the app is not looked for".into());
+    }
+    let (generation, roles) = crate::collectors::roles_now(config.app_processes.clone())?;
+    let down: Vec<&str> = roles.iter().filter(|(_, up)| !up).map(|(r, _)| r.label()).collect();
+    let all: Vec<&str> = roles.iter().map(|(r, _)| r.label()).collect();
+    let generation = generation.map_or("generation not known", |g| g.label());
+    match down.is_empty() {
+        true => Ok(format!("the app runs: {} ({generation})", all.join(", "))),
+        false => Err(format!("the app does not run whole: {} down ({generation})", down.join(", "))),
+    }
+}
+
 /// Probes every listener `config` describes; on success, one line saying
 /// what answered.
 pub fn run(config: &Config) -> Result<String, String> {

@@ -38,6 +38,7 @@ mod time;
 mod usb_config;
 mod usb_gadget;
 
+pub use app::{roles_now, Generation, Role};
 /// The pure parsers of procfs and sysfs text, for fuzzing and tests.
 pub use collector::{Collector, Error, Families, Kind, Result};
 pub use device::system_version;

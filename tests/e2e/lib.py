@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -52,6 +53,24 @@ def run_phases(phases, ctx):
             return False
         print(f"--- {name}: {time.monotonic() - started:.0f}s", flush=True)
     return True
+
+
+def run_board(name, phases, c, extra=()):
+    """Runs the phases on `c.board`, then stops its Prometheus (`c.prom`)
+    and QEMU whatever happened, and finishes: the exit code."""
+    keep = "--keep" in sys.argv
+    t0 = time.monotonic()
+    try:
+        run_phases(phases, c)
+    finally:
+        if getattr(c, "prom", None):
+            c.prom.stop()
+        try:
+            os.kill(c.board.qemu_pid(), 9)
+        except (OSError, ValueError):
+            pass
+    print(f"{name} run took {time.monotonic() - t0:.0f}s", flush=True)
+    return finish(name, c.board, c.work, keep, extra)
 
 
 def finish(name, board, work, keep, extra=()):

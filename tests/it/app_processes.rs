@@ -29,7 +29,7 @@ fn stand_in_binary() -> &'static std::path::Path {
 const NODE: &str = "/dev/full";
 
 /// A running stand-in: its control directory, binary names and first process.
-struct App {
+pub(crate) struct App {
     dir: TempDir,
     name: String,
     native_name: String,
@@ -39,7 +39,7 @@ struct App {
 impl App {
     /// Starts one `shape` (`one_binary`, `two_binaries`) under a name of
     /// this test's, with or without titles.
-    fn start(tag: &str, shape: &str, titles: bool) -> App {
+    pub(crate) fn start(tag: &str, shape: &str, titles: bool) -> App {
         let dir = TempDir::new();
         let name = format!("jkm{}{tag}", std::process::id() % 100_000);
         let native_name = format!("{name}n");
@@ -60,14 +60,14 @@ impl App {
         App { dir, name, native_name, first }
     }
 
-    fn config(&self) -> String {
+    pub(crate) fn config(&self) -> String {
         format!(
             "app_processes = [\"{}\", \"{}\"]\nvideo_capture_device = \"{NODE}\"\n",
             self.name, self.native_name
         )
     }
 
-    fn set(&self, control: &str, on: bool) {
+    pub(crate) fn set(&self, control: &str, on: bool) {
         let path = self.dir.path(control);
         if on {
             std::fs::write(path, "").unwrap();
@@ -91,7 +91,7 @@ impl App {
         pids
     }
 
-    fn pid_of(&self, needle: &str) -> u32 {
+    pub(crate) fn pid_of(&self, needle: &str) -> u32 {
         *self.pids_of(needle).first().unwrap_or_else(|| panic!("no process with {needle:?}"))
     }
 }

@@ -236,3 +236,44 @@ fn healthz_tells_the_version_on_the_device() {
     let r = d.get("/healthz", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, "ok 0.4.8\n"));
 }
+
+/// `probe --require-app`, which a stock system's hook asks before it keeps
+/// a slot: the daemon answering is not enough; every role of the app must
+/// run (the board's stand-in app, built for this host).
+#[test]
+fn require_app_keeps_a_slot_only_with_the_app_running_whole() {
+    let app = crate::app_processes::App::start("p", "one_binary", true);
+    let dir = TempDir::new();
+    let port = free_port("127.0.0.1");
+    dir.write("kvm_config.json", &no_password_mode());
+    let config = config(&dir, &format!("\"127.0.0.1:{port}\""), &app.config());
+    let _d = Daemon::start_with(dir, &config);
+    let run = || {
+        let out =
+            Command::new(BIN).args(["probe", "--require-app", "--config"]).arg(&config).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // (Its processes start in the first moments; the probe looks once.)
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    let whole = loop {
+        let (code, said) = run();
+        if code == Some(0) || std::time::Instant::now() > end {
+            break said;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(whole.contains("the app runs: supervisor, app, native (one_binary)"), "{whole}");
+    app.set("hold-native", true);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    unsafe { libc::kill(app.pid_of("[native") as i32, libc::SIGKILL) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (code, said) = run();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("the app does not run whole: native down (one_binary)"), "{said}");
+    // Only an option of probe.
+    let out = Command::new(BIN).args(["check-config", "--require-app"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

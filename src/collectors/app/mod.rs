@@ -265,6 +265,23 @@ impl Collector for App {
     }
 }
 
+/// The generation found, and each role it has with whether it runs.
+pub type RolesNow = (Option<Generation>, Vec<(Role, bool)>);
+
+/// The app's roles, looked at once. For `probe --require-app`, which a
+/// system update asks before it keeps a slot.
+pub fn roles_now(names: Vec<String>) -> std::result::Result<RolesNow, String> {
+    let app = App::new(names)?;
+    app.0.update().map_err(|e| e.to_string())?;
+    let s = app.0.lock();
+    let roles = Role::ALL
+        .iter()
+        .filter(|&&r| s.process(r).is_some() || Generation::has(s.generation, r))
+        .map(|&r| (r, s.process(r).is_some()))
+        .collect();
+    Ok((s.generation, roles))
+}
+
 /// What is exported of each running role: name, help, type, value.
 type Figure = (&'static str, &'static str, Kind, fn(&Process) -> f64);
 

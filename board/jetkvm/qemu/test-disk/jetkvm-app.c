@@ -16,7 +16,13 @@
  *                 starting it again likewise; no supervisor, no titles.
  *
  * Native holds the capture node open while a session is connected and the
- * HDMI signal is present, as the app's does, and closes it otherwise.
+ * HDMI signal is present, as the app's does, and closes it otherwise. At
+ * start the app writes the device's kvm_config.json in place (truncated,
+ * then written, as the app's Go code saves it) from a seed, if there is
+ * one; and a system image holding /etc/jetkvm-standin-exit is one whose
+ * app cannot start: every process of it exits at once. Where there is a
+ * watchdog (/dev/watchdog), the app feeds it every few seconds, as the
+ * device's does: a device whose app stops is restarted.
  *
  * Environment (the daemon cannot read another process's):
  *   STANDIN_SHAPE   one_binary (default) or two_binaries
@@ -29,6 +35,9 @@
  *                   only while a session waits for a signal) or file
  *   STANDIN_TITLES  0: no titles (the first moments of a real start)
  *   STANDIN_NATIVE  the separate native binary's name (default jetkvm_native)
+ *   STANDIN_SEED    the kvm_config.json to write (default
+ *                   /userdata/jetkvm/standin/kvm_config.json), when it exists
+ *   STANDIN_CONFIG  where (default /userdata/kvm_config.json)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -43,6 +52,7 @@
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/videodev2.h>
 
@@ -146,9 +156,26 @@ static int copy(const char *from, const char *to)
 	return ok ? 0 : -1;
 }
 
+/* The device's configuration, written in place from the seed. */
+static void write_config(void)
+{
+	char buf[65536];
+	int in = open(env("STANDIN_SEED", "/userdata/jetkvm/standin/kvm_config.json"), O_RDONLY | O_CLOEXEC);
+	if (in < 0)
+		return;
+	ssize_t n = read(in, buf, sizeof(buf));
+	close(in);
+	int out = open(env("STANDIN_CONFIG", "/userdata/kvm_config.json"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (out >= 0 && n > 0 && write(out, buf, (size_t)n) != n)
+		perror("jetkvm_app stand-in: writing kvm_config.json");
+	if (out >= 0)
+		close(out);
+}
+
 /* The app: keeps native running, a second after each end. */
 static int app(const char *exe, int two_binaries)
 {
+	write_config();
 	char native[PATH_MAX];
 	char *argv[3] = { native, NULL, NULL };
 	int deathsig = SIGTERM;
@@ -165,13 +192,23 @@ static int app(const char *exe, int two_binaries)
 		argv[1] = "-subcomponent=native";
 		title("jetkvm: [app] ready");
 	}
+	int watchdog = open("/dev/watchdog", O_WRONLY | O_CLOEXEC);
+	pid_t pid = start(native, argv, deathsig, 1);
+	time_t ended = 0, fed = 0;
 	for (;;) {
-		pid_t pid = start(native, argv, deathsig, 1);
-		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-			;
-		sleep(1);
-		while (control("hold-native"))
-			usleep(200000);
+		time_t now = time(NULL);
+		if (watchdog >= 0 && now - fed >= 5) {
+			if (write(watchdog, "V", 1) != 1)
+				perror("jetkvm_app stand-in: feeding the watchdog");
+			fed = now;
+		}
+		if (pid > 0 && waitpid(pid, NULL, WNOHANG) == pid) {
+			pid = -1;
+			ended = now;
+		}
+		if (pid < 0 && now - ended >= 1 && !control("hold-native"))
+			pid = start(native, argv, deathsig, 1);
+		usleep(200000);
 	}
 }
 
@@ -219,6 +256,10 @@ int main(int argc, char **argv)
 	exe[n] = 0;
 	args = argv;
 	nargs = argc;
+	if (access("/etc/jetkvm-standin-exit", F_OK) == 0) {
+		fprintf(stderr, "jetkvm_app stand-in: this system cannot run the app\n");
+		return 1;
+	}
 	keep_environment();
 	int two_binaries = !strcmp(env("STANDIN_SHAPE", "one_binary"), "two_binaries");
 	const char *name = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
