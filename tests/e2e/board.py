@@ -319,11 +319,18 @@ def init_script(c):
                    f" cp /tmp/config.good {cfg} && /etc/init.d/S95jetkvm-metrics restart; echo exit=$?", timeout=90)
     check("board: restart during the back-off starts the fixed daemon", out.rstrip().endswith("Starting jetkvm-metrics: OK\nexit=0"), out)
     time.sleep(40)
+    # Every process whose command line is the supervisor's, as "(comm) ppid":
+    # the supervisor is a shell whose parent is init (as an old one would
+    # be); an applet a shell runs without exec keeps that command line under
+    # its own name, and no other shell (one waiting for the logger) is there.
     state = board.sh("cat /var/run/jetkvm-metrics.pid && kill -0 $(cat /var/run/jetkvm-metrics.pid) && echo alive;"
-                     " ls /var/run/ | grep -c '^jetkvm-metrics.log'; ps | grep '[s]upervise' | grep -vc '{'")
-    # (ps shows a BusyBox applet a shell runs without exec as {name}.)
+                     " ls /var/run/ | grep -c '^jetkvm-metrics.log';"
+                     " for d in /proc/[0-9]*; do tr '\\0' ' ' <$d/cmdline 2>/dev/null | grep -q ' [s]upervise' &&"
+                     " cut -d' ' -f2,4 $d/stat 2>/dev/null; done; true")
+    words = state.split()
     check("board: 40 s later the daemon's pid file, one log pipe and one supervisor remain",
-          state.split()[1:] == ["alive", "1", "1"], state)
+          words[1:3] == ["alive", "1"] and words[3:].count("(sh)") == 1
+          and [words[i + 1] for i in range(3, len(words), 2) if words[i] == "(sh)"] == ["1"], state)
     until("mTLS job up after the back-off", lambda: prom.up("mtls") == 1, 60)
 
 
