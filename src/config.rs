@@ -27,7 +27,6 @@ pub struct Config {
     pub version_file: PathBuf,
     pub connection_ports: Vec<u16>,
     pub filesystems: Vec<PathBuf>,
-    pub workers: usize,
     /// SHA-256 of the read-only metrics token (see `auth::token`).
     pub token_file: PathBuf,
     pub limits: Limits,
@@ -45,6 +44,8 @@ pub struct Config {
     pub host_names: Vec<String>,
     /// The device's USB gadget: `sys_root/kernel/config/usb_gadget/<name>`.
     pub usb_gadget: String,
+    /// The display's backlight: `sys_root/class/backlight/<name>`.
+    pub display_backlight: String,
     /// Names of the device app's binaries (as `comm` has them: 15 bytes):
     /// the first is the app's own (its supervisor, app and native
     /// processes in newer builds, told apart by parentage and command
@@ -169,6 +170,7 @@ struct Raw {
     follow_device_tls: Option<bool>,
     host_names: Option<Vec<String>>,
     usb_gadget: Option<String>,
+    display_backlight: Option<String>,
     app_processes: Option<Vec<String>>,
     video_device: Option<PathBuf>,
     video_driver: Option<String>,
@@ -344,6 +346,11 @@ impl Config {
             }
             None => None,
         };
+        // Accepted as 1 alone, for files of earlier releases: one worker
+        // is what the device's one core and the server's state assume.
+        if raw.workers.is_some_and(|n| n != 1) {
+            p.key("workers", "the daemon runs one worker (the device has one core); only 1 is accepted");
+        }
         let config = Config {
             source: file.to_owned(),
             listen_addr,
@@ -353,7 +360,6 @@ impl Config {
             version_file: p.path("version_file", raw.version_file, "/version"),
             connection_ports: connection_ports(&mut p, raw.connection_ports),
             filesystems: filesystems(&mut p, raw.filesystems),
-            workers: p.int("workers", raw.workers, 1..=64, 1),
             token_file: p.path("token_file", raw.token_file, "/userdata/jetkvm/metrics/token/token.sha256"),
             limits: Limits::parse(&mut p, raw.limits),
             auth: Auth::parse(&mut p, raw.auth),
@@ -362,6 +368,7 @@ impl Config {
             follow_device_tls: raw.follow_device_tls.unwrap_or(true),
             host_names: host_names(&mut p, raw.host_names),
             usb_gadget: p.file_name("usb_gadget", raw.usb_gadget, "jetkvm"),
+            display_backlight: p.file_name("display_backlight", raw.display_backlight, "backlight"),
             app_processes: app_processes(&mut p, raw.app_processes),
             video: Video {
                 device: raw.video_device.map(|d| p.path("video_device", Some(d), "/")),
@@ -630,7 +637,9 @@ mod tests {
         let c = Config::parse("", "c.toml").unwrap();
         assert_eq!(c.listen_addr, "0.0.0.0:3080".parse().unwrap());
         assert_eq!(c.connection_ports, vec![80, 443]);
-        assert_eq!(c.workers, 1);
+        assert!(Config::parse("workers = 1\n", "c.toml").is_ok());
+        let e = Config::parse("workers = 2\n", "c.toml").unwrap_err();
+        assert_eq!(e, ["config c.toml: key \"workers\": the daemon runs one worker (the device has one core); only 1 is accepted"]);
     }
 
     #[test]
@@ -704,6 +713,7 @@ mod tests {
     fn kvm_state_keys() {
         let c = Config::parse("", "c.toml").unwrap();
         assert_eq!((c.usb_gadget.as_str(), c.app_processes.len()), ("jetkvm", 2));
+        assert_eq!(c.display_backlight, "backlight");
         assert_eq!((c.video.driver.as_str(), c.video.device.is_none()), ("tc35874x", true));
         assert_eq!(c.video.query_interval, Duration::from_secs(10));
         assert_eq!(c.video.capture_device, PathBuf::from("/dev/video0"));
@@ -714,6 +724,7 @@ mod tests {
             ("video_query_interval = \"61s\"\n", "key \"video_query_interval\": must be between 5s and 1m"),
             ("video_device = \"video0\"\n", "key \"video_device\": \"video0\" is not an absolute path"),
             ("usb_gadget = \"../g\"\n", "key \"usb_gadget\": \"../g\" is not a file name"),
+            ("display_backlight = \"a/b\"\n", "key \"display_backlight\": \"a/b\" is not a file name"),
             (
                 "app_processes = [\"a-name-of-sixteen\"]\n",
                 "key \"app_processes\": \"a-name-of-sixteen\" is not a process name",

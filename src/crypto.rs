@@ -36,7 +36,7 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 extern "C" {
     // libcrypto's memset that the compiler may not optimise away; the
     // openssl crates do not wrap it.
-    fn OPENSSL_cleanse(ptr: *mut std::ffi::c_void, len: usize);
+    pub(crate) fn OPENSSL_cleanse(ptr: *mut std::ffi::c_void, len: usize);
 }
 
 /// Bytes of a secret (a password, a presented token), wiped when dropped.
@@ -92,61 +92,25 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The daemon's allocator: the system's, wiping every block as it is freed
-/// (or moved by a reallocation). Request heads, `Authorization` and
-/// `Cookie` included, live in the HTTP layer's read buffers and header
-/// maps, which it frees without wiping: this is what keeps them from
-/// lingering in freed memory once a connection is done. `Secret` still
-/// wipes as soon as a secret is no longer needed.
-pub struct WipingAlloc;
-
-// SAFETY: every block comes from `System` with the layout it is given back
-// with; wiping writes only within a block still owned.
-unsafe impl std::alloc::GlobalAlloc for WipingAlloc {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        std::alloc::System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        std::alloc::System.alloc_zeroed(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        OPENSSL_cleanse(ptr.cast(), layout.size());
-        std::alloc::System.dealloc(ptr, layout)
-    }
-
-    /// Always a new block: the C library's realloc would free (or shrink)
-    /// the old one unwiped.
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        let new_layout = std::alloc::Layout::from_size_align_unchecked(new_size, layout.align());
-        let new = std::alloc::System.alloc(new_layout);
-        if !new.is_null() {
-            std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-            self.dealloc(ptr, layout);
-        }
-        new
-    }
-}
-
 /// HMAC-SHA256 under a key chosen at start and never stored. The keyed
-/// context is made once and reset for each MAC: a `Signer` per MAC set the
-/// key up and looked the algorithm up again each time, twice per request
-/// with basic auth (8% of a scrape's instructions in callgrind).
+/// context is made once and started again for each MAC: a `Signer` per MAC
+/// set the key up and looked the algorithm up again each time, twice per
+/// request with basic auth (8% of a scrape's instructions in callgrind).
 pub struct Mac {
-    ctx: std::sync::Mutex<HmacCtx>,
+    ctx: std::sync::Mutex<MacCtx>,
 }
 
-/// libcrypto's HMAC context (the openssl crate does not wrap it).
-struct HmacCtx(*mut openssl_sys::HMAC_CTX);
+/// libcrypto's MAC context, OpenSSL 3's `EVP_MAC` (the openssl crate does
+/// not wrap it).
+struct MacCtx(*mut openssl_sys::EVP_MAC_CTX);
 
 // SAFETY: the context is only used under the mutex, one thread at a time.
-unsafe impl Send for HmacCtx {}
+unsafe impl Send for MacCtx {}
 
-impl Drop for HmacCtx {
+impl Drop for MacCtx {
     fn drop(&mut self) {
         // SAFETY: a context we made; freeing it wipes the key.
-        unsafe { openssl_sys::HMAC_CTX_free(self.0) }
+        unsafe { openssl_sys::EVP_MAC_CTX_free(self.0) }
     }
 }
 
@@ -156,18 +120,28 @@ impl Mac {
     }
 
     fn keyed(key: &[u8]) -> Mac {
-        // SAFETY: a new context keyed from a live buffer of its length;
-        // both results are checked.
+        use openssl_sys as ffi;
+        use std::ptr::{null, null_mut};
+        // SAFETY: every object made here is checked, and freed once it is
+        // no longer needed (the context keeps its own reference to the
+        // algorithm); the key is a live buffer of its length.
         let ctx = unsafe {
-            let ctx = HmacCtx(openssl_sys::HMAC_CTX_new());
+            let mac = ffi::EVP_MAC_fetch(null_mut(), c"HMAC".as_ptr(), null());
+            let ctx = MacCtx(if mac.is_null() { null_mut() } else { ffi::EVP_MAC_CTX_new(mac) });
+            ffi::EVP_MAC_free(mac);
+            let bld = ffi::OSSL_PARAM_BLD_new();
+            let params = if !bld.is_null()
+                && ffi::OSSL_PARAM_BLD_push_utf8_string(bld, c"digest".as_ptr(), c"SHA256".as_ptr(), 0) == 1
+            {
+                ffi::OSSL_PARAM_BLD_to_param(bld)
+            } else {
+                null_mut()
+            };
+            ffi::OSSL_PARAM_BLD_free(bld);
             let keyed = !ctx.0.is_null()
-                && openssl_sys::HMAC_Init_ex(
-                    ctx.0,
-                    key.as_ptr().cast(),
-                    key.len() as std::ffi::c_int,
-                    openssl_sys::EVP_sha256(),
-                    std::ptr::null_mut(),
-                ) == 1;
+                && !params.is_null()
+                && ffi::EVP_MAC_init(ctx.0, key.as_ptr(), key.len(), params) == 1;
+            ffi::OSSL_PARAM_free(params);
             assert!(keyed, "HMAC key");
             ctx
         };
@@ -179,19 +153,17 @@ impl Mac {
     pub fn sign(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut out = [0u8; 32];
         let ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
-        // SAFETY: the keyed context, under its lock: a null key and digest
-        // start a new MAC under the same key; the output holds 32 bytes.
+        // SAFETY: the keyed context, under its lock: a null key starts a
+        // new MAC under the same key; the output holds 32 bytes.
         let ok = unsafe {
-            let mut ok =
-                openssl_sys::HMAC_Init_ex(ctx.0, std::ptr::null(), 0, std::ptr::null(), std::ptr::null_mut())
-                    == 1;
+            let mut ok = openssl_sys::EVP_MAC_init(ctx.0, std::ptr::null(), 0, std::ptr::null()) == 1;
             for p in parts {
                 let len = (p.len() as u64).to_be_bytes();
-                ok &= openssl_sys::HMAC_Update(ctx.0, len.as_ptr(), len.len()) == 1;
-                ok &= openssl_sys::HMAC_Update(ctx.0, p.as_ptr(), p.len()) == 1;
+                ok &= openssl_sys::EVP_MAC_update(ctx.0, len.as_ptr(), len.len()) == 1;
+                ok &= openssl_sys::EVP_MAC_update(ctx.0, p.as_ptr(), p.len()) == 1;
             }
             let mut n = 0;
-            ok && openssl_sys::HMAC_Final(ctx.0, out.as_mut_ptr(), &mut n) == 1 && n == 32
+            ok && openssl_sys::EVP_MAC_final(ctx.0, out.as_mut_ptr(), &mut n, out.len()) == 1 && n == 32
         };
         assert!(ok, "HMAC sign");
         out

@@ -6,7 +6,7 @@
 //! read can see an empty or half-written file. Every request stats the file;
 //! a changed file is re-read, and a read that does not parse is retried a
 //! few times before the state becomes "unavailable", which refuses every
-//! request. A file modified within `watch::RACY_WINDOW` of being read is not
+//! request. A file modified within `file_stamp::RACY_WINDOW` of being read is not
 //! trusted to stay the same under an unchanged stat (a same-size rewrite in
 //! the same timestamp tick), so it is read again on the next request.
 
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::watch::FileKey;
+use crate::file_stamp::FileKey;
 use crate::wording::io_reason;
 
 /// Files larger than this are not a device config.

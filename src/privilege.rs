@@ -6,15 +6,15 @@
 //! root-only files: `kvm_config.json`, the device's TLS keys, a token file
 //! that `token new` made as root, and the daemon's own `/proc/self/fd` and
 //! `io` (a process that changed user is not dumpable: its `/proc` entries
-//! become root's); the KVM-state collectors to come will open the HDMI
-//! bridge's subdevice (root's) read-only with it. Everything else it reads
+//! become root's), and the HDMI bridge's subdevice (root's), which the
+//! `hdmi` collector opens read-only. Everything else it reads
 //! (`/proc`, `/sys`, configfs, sock_diag) any user may.
 //!
 //! Not kept: `CAP_SYS_PTRACE`, although another process's open files
 //! (`/proc/PID/fd`, "is someone watching the capture node") need it: it
 //! lets its holder attach to any process, root's included, which is root
 //! itself. The one question that needs it is asked of a helper forked
-//! before the switch (`holders`): the same user, `CAP_SYS_PTRACE` and
+//! before the switch (`capture_holders`): the same user, `CAP_SYS_PTRACE` and
 //! `CAP_DAC_READ_SEARCH` (another user's `/proc/PID/fd` is a `0500`
 //! directory: listing it takes both), no network, and a request of a few
 //! pids as all it reads.

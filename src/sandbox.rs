@@ -155,15 +155,18 @@ mod tests {
                         return 10;
                     }
                     let me = std::process::id();
-                    let answers =
-                        crate::holders::answer(&[me], &["x".into()], std::path::Path::new("/dev/null"));
-                    if !answers.node || answers.pids != [crate::holders::Answer::NotTheApp] {
+                    let answers = crate::capture_holders::answer(
+                        &[me],
+                        &["x".into()],
+                        std::path::Path::new("/dev/null"),
+                    );
+                    if !answers.node || answers.pids != [crate::capture_holders::Answer::NotTheApp] {
                         return 11;
                     }
                     // Its own descriptors' links, as it reads the app's.
                     let null = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata("/dev/null").unwrap());
                     let _held = std::fs::File::open("/dev/null");
-                    if !crate::holders::holds(me, null).unwrap_or(false) {
+                    if !crate::capture_holders::holds(me, null).unwrap_or(false) {
                         return 12;
                     }
                     let eperm =

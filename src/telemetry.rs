@@ -1,15 +1,14 @@
 //! The daemon's own counters (auth outcomes, HTTP errors, evictions), as
-//! `prometheus` counters, exposed beside the collectors' families.
+//! atomics, exposed beside the collectors' families.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
-
-use prometheus::{IntCounter, Result};
 
 use crate::auth::{Method, Reason};
 use crate::metrics::{Families, Kind};
 
 /// Connection-level problems actix or our limits ended a connection for.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HttpError {
     /// Malformed request line or headers.
     Parse,
@@ -49,67 +48,125 @@ impl HttpError {
     }
 }
 
-/// The daemon's counters. One `prometheus` counter per label value, made
-/// at start: counting is an atomic add, and every series is exposed from
-/// the first scrape on. A scrape writes their values into families kept
-/// between scrapes (`metrics::Families`), as the collectors do; a
-/// `prometheus::Registry` would build every family, label pair and sample
-/// again on each scrape.
+/// The daemon's counters: atomics, made at start, so counting is one atomic
+/// add and every series is exposed from the first scrape on. A scrape
+/// writes their values into families kept between scrapes
+/// (`metrics::Families`), as the collectors do; a `prometheus::Registry`
+/// would build every family, label pair and sample again on each scrape,
+/// and its counters need names of their own that nothing here reads.
 pub struct Telemetry {
-    auth_failures: Vec<IntCounter>,
-    auth_successes: Vec<IntCounter>,
-    http_errors: Vec<IntCounter>,
-    bad_requests: IntCounter,
-    evicted: IntCounter,
-    refused: IntCounter,
-    scrapes: IntCounter,
+    auth_failures: ByLabel<Reason>,
+    auth_successes: ByLabel<Method>,
+    http_errors: ByLabel<HttpError>,
+    bad_requests: Single,
+    evicted: Single,
+    refused: Single,
+    scrapes: Single,
     kept: Mutex<Families>,
 }
 
-const AUTH_FAILURES: (&str, &str) =
-    ("jetkvm_exporter_auth_failures_total", "Requests for metrics or the settings page refused, by reason.");
-const AUTH_SUCCESSES: (&str, &str) =
-    ("jetkvm_exporter_auth_successes_total", "Requests for metrics or the settings page allowed, by method.");
-const HTTP_ERRORS: (&str, &str) = (
-    "jetkvm_exporter_http_errors_total",
-    "Connections ended for malformed, oversized or stalled requests, plain HTTP while the device's TLS is on, or I/O errors.",
-);
-const SINGLE: [(&str, &str); 4] = [
-    (
-        "jetkvm_exporter_http_bad_requests_total",
-        "Requests answered 4xx for their form, not their credentials (method not allowed, a malformed settings form, a format or encoding the client refuses).",
-    ),
-    ("jetkvm_exporter_connections_evicted_total", "Idle connections closed to make room under the connection limit."),
-    (
-        "jetkvm_exporter_connections_refused_total",
-        "New connections closed at once because every open connection was busy.",
-    ),
-    ("jetkvm_exporter_scrapes_total", "Scrapes served, this one included."),
-];
-
-/// A counter, never registered: the name and help it must have are never
-/// read (the families above carry them).
-fn counter() -> Result<IntCounter> {
-    IntCounter::new("c", "c")
+/// A counter family with one label: a count per label value, found by the
+/// value itself, never by an enum's position.
+struct ByLabel<T: 'static> {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    counts: Vec<(T, &'static str, AtomicU64)>,
 }
 
-/// A counter for each label value.
-fn counters(n: usize) -> Result<Vec<IntCounter>> {
-    (0..n).map(|_| counter()).collect()
+impl<T: Copy + PartialEq> ByLabel<T> {
+    fn new(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        all: &[T],
+        value: fn(T) -> &'static str,
+    ) -> Self {
+        ByLabel { name, help, label, counts: all.iter().map(|&t| (t, value(t), AtomicU64::new(0))).collect() }
+    }
+
+    fn inc(&self, t: T) {
+        let found = self.counts.iter().find(|(x, ..)| *x == t);
+        debug_assert!(found.is_some(), "{}: a value missing from its ALL", self.name);
+        if let Some((.., c)) = found {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn write(&self, f: &mut Families) {
+        let mut family = f.family(self.name, self.help, Kind::Counter);
+        for (_, value, c) in &self.counts {
+            family.sample(&[(self.label, value)], c.load(Relaxed) as f64);
+        }
+    }
+}
+
+/// A counter without labels.
+struct Single {
+    name: &'static str,
+    help: &'static str,
+    count: AtomicU64,
+}
+
+impl Single {
+    const fn new(name: &'static str, help: &'static str) -> Self {
+        Single { name, help, count: AtomicU64::new(0) }
+    }
+
+    fn inc(&self) {
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn write(&self, f: &mut Families) {
+        f.single(self.name, self.help, Kind::Counter, self.count.load(Relaxed) as f64);
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
 }
 
 impl Telemetry {
-    pub fn new() -> Result<Telemetry> {
-        Ok(Telemetry {
-            auth_failures: counters(Reason::ALL.len())?,
-            auth_successes: counters(Method::ALL.len())?,
-            http_errors: counters(HttpError::ALL.len())?,
-            bad_requests: counter()?,
-            evicted: counter()?,
-            refused: counter()?,
-            scrapes: counter()?,
+    pub fn new() -> Telemetry {
+        Telemetry {
+            auth_failures: ByLabel::new(
+                "jetkvm_exporter_auth_failures_total",
+                "Requests for metrics or the settings page refused, by reason.",
+                "reason",
+                &Reason::ALL,
+                Reason::label,
+            ),
+            auth_successes: ByLabel::new(
+                "jetkvm_exporter_auth_successes_total",
+                "Requests for metrics or the settings page allowed, by method.",
+                "method",
+                &Method::ALL,
+                Method::label,
+            ),
+            http_errors: ByLabel::new(
+                "jetkvm_exporter_http_errors_total",
+                "Connections ended for malformed, oversized or stalled requests, plain HTTP while the device's TLS is on, or I/O errors.",
+                "reason",
+                &HttpError::ALL,
+                HttpError::label,
+            ),
+            bad_requests: Single::new(
+                "jetkvm_exporter_http_bad_requests_total",
+                "Requests answered 4xx for their form, not their credentials (method not allowed, a malformed settings form, a format or encoding the client refuses).",
+            ),
+            evicted: Single::new(
+                "jetkvm_exporter_connections_evicted_total",
+                "Idle connections closed to make room under the connection limit.",
+            ),
+            refused: Single::new(
+                "jetkvm_exporter_connections_refused_total",
+                "New connections closed at once because every open connection was busy.",
+            ),
+            scrapes: Single::new("jetkvm_exporter_scrapes_total", "Scrapes served, this one included."),
             kept: Mutex::new(Families::new()),
-        })
+        }
     }
 
     /// The counters' families, with this moment's values.
@@ -118,59 +175,30 @@ impl Telemetry {
         f.begin();
         f.family("jetkvm_exporter_build_info", "Version and target of this exporter; always 1.", Kind::Gauge)
             .sample(&[("target", crate::TARGET), ("version", env!("CARGO_PKG_VERSION"))], 1.0);
-        let by_label = |f: &mut Families,
-                        (name, help): (&str, &str),
-                        label,
-                        values: &[IntCounter],
-                        labels: &mut dyn Iterator<Item = &'static str>| {
-            let mut family = f.family(name, help, Kind::Counter);
-            for (c, value) in values.iter().zip(labels) {
-                family.sample(&[(label, value)], c.get() as f64);
-            }
-        };
-        by_label(
-            &mut f,
-            AUTH_FAILURES,
-            "reason",
-            &self.auth_failures,
-            &mut Reason::ALL.iter().map(|r| r.label()),
-        );
-        by_label(
-            &mut f,
-            AUTH_SUCCESSES,
-            "method",
-            &self.auth_successes,
-            &mut Method::ALL.iter().map(|m| m.label()),
-        );
-        by_label(
-            &mut f,
-            HTTP_ERRORS,
-            "reason",
-            &self.http_errors,
-            &mut HttpError::ALL.iter().map(|e| e.label()),
-        );
-        for ((name, help), c) in
-            SINGLE.iter().zip([&self.bad_requests, &self.evicted, &self.refused, &self.scrapes])
-        {
-            f.single(name, help, Kind::Counter, c.get() as f64);
+        self.auth_failures.write(&mut f);
+        self.auth_successes.write(&mut f);
+        self.http_errors.write(&mut f);
+        for c in [&self.bad_requests, &self.evicted, &self.refused, &self.scrapes] {
+            c.write(&mut f);
         }
         f.finish();
         f
     }
 
     pub fn auth_failure(&self, r: Reason) {
-        self.auth_failures[r as usize].inc();
+        self.auth_failures.inc(r);
     }
 
     pub fn auth_success(&self, m: Method) {
-        self.auth_successes[m as usize].inc();
+        self.auth_successes.inc(m);
     }
 
     pub fn http_error(&self, e: HttpError) {
-        self.http_errors[e as usize].inc();
+        self.http_errors.inc(e);
     }
 
-    /// A request refused before auth (bad method, unknown path is not one).
+    /// A request refused before auth for its form (bad method, a format
+    /// the client refuses); an unknown path is not one.
     pub fn bad_request(&self) {
         self.bad_requests.inc();
     }
@@ -192,13 +220,23 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+    use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+    /// A family's counters in `r`, every label value made.
+    fn register<T: Copy + PartialEq>(r: &Registry, c: &ByLabel<T>) -> IntCounterVec {
+        let v = IntCounterVec::new(Opts::new(c.name, c.help), &[c.label]).unwrap();
+        r.register(Box::new(v.clone())).unwrap();
+        for (_, value, _) in &c.counts {
+            v.with_label_values(&[value]);
+        }
+        v
+    }
 
     /// The same counters in a `prometheus::Registry`, as they were
     /// exposed before: the kept families must encode to the same text.
     #[test]
     fn encodes_as_the_registry_did() {
-        let t = Telemetry::new().unwrap();
+        let t = Telemetry::new();
         let r = Registry::new();
         let build = IntGaugeVec::new(
             Opts::new("jetkvm_exporter_build_info", "Version and target of this exporter; always 1."),
@@ -207,18 +245,13 @@ mod tests {
         .unwrap();
         build.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::TARGET]).set(1);
         r.register(Box::new(build)).unwrap();
-        let vec = |(name, help): (&str, &str), label: &str, values: Vec<&str>| {
-            let v = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap();
-            r.register(Box::new(v.clone())).unwrap();
-            values.into_iter().map(|x| v.with_label_values(&[x])).collect::<Vec<_>>()
-        };
-        let failures = vec(AUTH_FAILURES, "reason", Reason::ALL.iter().map(|r| r.label()).collect());
-        let successes = vec(AUTH_SUCCESSES, "method", Method::ALL.iter().map(|m| m.label()).collect());
-        let errors = vec(HTTP_ERRORS, "reason", HttpError::ALL.iter().map(|e| e.label()).collect());
-        let single: Vec<_> = SINGLE
+        let failures = register(&r, &t.auth_failures);
+        let successes = register(&r, &t.auth_successes);
+        let errors = register(&r, &t.http_errors);
+        let single: Vec<_> = [&t.bad_requests, &t.evicted, &t.refused, &t.scrapes]
             .iter()
-            .map(|(name, help)| {
-                let c = IntCounter::new(*name, *help).unwrap();
+            .map(|s| {
+                let c = IntCounter::new(s.name, s.help).unwrap();
                 r.register(Box::new(c.clone())).unwrap();
                 c
             })
@@ -230,11 +263,11 @@ mod tests {
         // Counts land on their own series, and a second scrape updates them.
         for _ in 0..2 {
             t.auth_failure(Reason::ALL[3]);
-            failures[3].inc();
+            failures.with_label_values(&[Reason::ALL[3].label()]).inc();
             t.auth_success(Method::ALL[1]);
-            successes[1].inc();
+            successes.with_label_values(&[Method::ALL[1].label()]).inc();
             t.http_error(HttpError::Timeout);
-            errors[HttpError::Timeout as usize].inc();
+            errors.with_label_values(&[HttpError::Timeout.label()]).inc();
             t.bad_request();
             t.evicted();
             t.refused();
@@ -242,5 +275,25 @@ mod tests {
             single.iter().for_each(IntCounter::inc);
             assert_eq!(text(&t), want());
         }
+    }
+
+    /// Every label value is its own series: none lost, none twice.
+    #[test]
+    fn every_label_value_once() {
+        let t = Telemetry::new();
+        for (name, labels) in [
+            ("failures", Reason::ALL.iter().map(|r| r.label()).collect::<Vec<_>>()),
+            ("successes", Method::ALL.iter().map(|m| m.label()).collect()),
+            ("errors", HttpError::ALL.iter().map(|e| e.label()).collect()),
+        ] {
+            let mut unique = labels.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), labels.len(), "{name}: a label value twice");
+        }
+        for e in HttpError::ALL {
+            t.http_error(e);
+        }
+        assert!(t.http_errors.counts.iter().all(|(.., c)| c.load(Relaxed) == 1));
     }
 }

@@ -11,7 +11,7 @@ pub fn at_start() {
 }
 
 /// glibc gives each thread that allocates an arena of its own, whose pages
-/// stay resident; this daemon's threads (accept, worker, bcrypt, gzip) do
+/// stay resident; this daemon's threads (accept, worker, bcrypt, blocking) do
 /// little at once, and one arena keeps its memory small.
 fn one_malloc_arena() {
     #[cfg(target_env = "gnu")]

@@ -6,7 +6,7 @@
 //! renamed build info, which is not one of the app's families.
 #![no_main]
 
-use jetkvm_metrics::bridge::merge_text;
+use jetkvm_metrics::app_metrics::merge_text;
 use jetkvm_metrics::metrics::encode;
 use libfuzzer_sys::fuzz_target;
 

@@ -240,7 +240,8 @@ type Job = Box<dyn FnOnce() + Send>;
 /// bcrypt's own threads, started on first use, at a lower CPU priority (nice
 /// 10, which Linux applies per thread): on a single core a flood of
 /// passwords to check yields to scrapes. Not the runtime's blocking pool,
-/// whose threads also compress responses and must not inherit that.
+/// whose threads serve the settings page's token files and must not
+/// inherit that.
 struct Workers {
     count: usize,
     queue: OnceLock<mpsc::Sender<Job>>,

@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 
 use crate::crypto::{ct_eq, random_bytes};
-use crate::watch::Stamp;
+use crate::file_stamp::Stamp;
 use crate::wording::io_reason;
 
 /// Tokens start with this, so a leaked one is recognisable.

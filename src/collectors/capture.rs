@@ -3,7 +3,7 @@
 //! the host's HDMI signal is there (not asleep), and closes it when the
 //! last session leaves. So 1 means "video is being captured for a
 //! session", not "someone is watching": a session without a signal leaves
-//! it 0. The app's processes are the `app` collector's; `holders` says how
+//! it 0. The app's processes are the `app` collector's; `capture_holders` says how
 //! their open files are read, and with what privilege. The question is
 //! asked before the scrape's collectors run, on the runtime (the helper may
 //! take a while to answer; the worker serves others meanwhile). What
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use super::app::Found;
 use super::collector::{io_error, Collector, Error, Result};
-use crate::holders::{Answer, Holders};
+use crate::capture_holders::{Answer, Holders};
 use crate::metrics::{Families, Kind};
 
 /// The collector, and the handle its scrape's question is asked through.

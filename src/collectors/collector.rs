@@ -161,7 +161,7 @@ fn read_error(path: &Path, e: ReadError) -> Error {
 fn read_upto(path: &Path, short_read_ends: bool) -> std::result::Result<String, ReadError> {
     use std::io::Read;
     // One page, kept per thread: most files fit, and a fresh buffer per
-    // read would be zeroed, then wiped when freed (see `crypto::WipingAlloc`).
+    // read would be zeroed, then wiped when freed (see `allocator::WipingAlloc`).
     thread_local!(static PAGE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 4096]));
     let mut file = std::fs::File::open(path).map_err(ReadError::Io)?;
     let mut text = Vec::new();

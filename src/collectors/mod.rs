@@ -14,11 +14,12 @@ use std::sync::Mutex;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::capture_holders::Holders;
 use crate::config::Config;
-use crate::holders::Holders;
 use collector::Timed;
 
 mod app;
+mod backlight;
 mod capture;
 mod collector;
 mod cpu;
@@ -85,6 +86,7 @@ impl Collectors {
             Box::new(usb_config::VirtualMedia::new(gadget, sysfs.clone())),
             Box::new(netclass::NetClass::new(sysfs.clone())),
             Box::new(rtc::Rtc::new(sysfs.clone())),
+            Box::new(backlight::Backlight::new(&sysfs, &config.display_backlight)),
             Box::new(hdmi::Hdmi::new(
                 config.video.device.clone(),
                 config.video.driver.clone(),

@@ -116,7 +116,6 @@ pub(super) async fn authenticate(
     let refusal = match outcome {
         Outcome::Allow(method) => {
             state.telemetry.auth_success(method);
-            state.telemetry.scrape();
             return Ok(next.call(req).await?.map_into_left_body());
         }
         Outcome::Deny(reason) => refuse(&state, "/metrics", reason, conn.peer),

@@ -62,9 +62,13 @@ pub struct Announce<'a> {
 pub fn run(config: Config, announce: &Announce, user: Option<&crate::privilege::User>) -> Result<(), String> {
     // The open-files helper is forked first, with the least inherited.
     let holders = match user {
-        Some(u) if crate::privilege::is_root() && !config.app_processes.is_empty() => Some(
-            crate::holders::spawn(*u, config.app_processes.clone(), config.video.capture_device.clone())?,
-        ),
+        Some(u) if crate::privilege::is_root() && !config.app_processes.is_empty() => {
+            Some(crate::capture_holders::spawn(
+                *u,
+                config.app_processes.clone(),
+                config.video.capture_device.clone(),
+            )?)
+        }
         _ => None,
     };
     let state = State::new(config, holders)?;
@@ -146,12 +150,14 @@ async fn shutdown_signal(mut term: tokio::signal::unix::Signal, mut int: tokio::
 pub async fn serve(state: Arc<State>, sockets: Vec<std::net::TcpListener>) -> Result<(), String> {
     let Signals { term, int, hup } = Signals::install()?;
     let mut builder = actix_server::Server::build()
-        .workers(state.config.workers)
+        // One worker: the device has one core, and the app's metrics'
+        // answer slot and the connection caps are kept by that one thread.
+        .workers(1)
         // Our connection cap (per listener, evicting idle connections) is
         // the one that acts: actix's would stop accepting instead.
         .max_concurrent_connections(state.config.limits.max_connections * state.listeners.len() + 64)
-        // The blocking pool compresses responses (bcrypt has threads of its
-        // own): a scrape or two at a time is all a single core needs.
+        // The blocking pool writes and reads the token file for the
+        // settings page (bcrypt has threads of its own): rare and short.
         .worker_max_blocking_threads(2)
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .shutdown_signal(shutdown_signal(term, int));

@@ -208,8 +208,10 @@ async fn scrape(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
             .insert_header((header::VARY, VARY))
             .body(format!("{}\n", metrics::CONTENT_TYPE));
     }
+    // Counted here, past the 406s: a scrape is one that gets metrics.
+    state.telemetry.scrape();
     let _turn = state.scrape_turn.lock().await;
-    if let Some(bridge) = &state.bridge {
+    if let Some(bridge) = &state.app_metrics {
         bridge.refresh().await;
     }
     state.collectors.prepare().await;

@@ -8,12 +8,12 @@ use std::time::Duration;
 use super::exporter::Exporter;
 use super::listener::{Listener, Role};
 use super::loglimit::LogLimiter;
+use crate::app_metrics::Bridge;
 use crate::auth::Authenticator;
-use crate::bridge::Bridge;
+use crate::capture_holders::Holders;
 use crate::collectors::Collectors;
 use crate::config::Config;
 use crate::device::DeviceState;
-use crate::holders::Holders;
 use crate::telemetry::Telemetry;
 use crate::tls::{self, device::Following};
 
@@ -24,7 +24,7 @@ pub struct State {
     /// The collectors, run on each scrape.
     pub collectors: Collectors,
     /// The device app's metrics, asked for before each gathering.
-    pub bridge: Option<Arc<Bridge>>,
+    pub app_metrics: Option<Arc<Bridge>>,
     /// The daemon's own counters.
     pub telemetry: Telemetry,
     pub listeners: Vec<Arc<Listener>>,
@@ -76,9 +76,9 @@ impl State {
         collectors.push(Box::new(exporter)).map_err(|e| format!("metrics: {e}"))?;
         Ok(Arc::new(State {
             auth,
-            telemetry: Telemetry::new().map_err(|e| format!("metrics: {e}"))?,
+            telemetry: Telemetry::new(),
             collectors,
-            bridge,
+            app_metrics: bridge,
             refusal_log: LogLimiter::new(20, Duration::from_secs(60)),
             scrape_turn: tokio::sync::Mutex::new(()),
             listeners,

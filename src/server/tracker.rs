@@ -170,7 +170,7 @@ mod tests {
     /// arrange reliably: the victim always turns busy before it can close.
     #[test]
     fn an_evicted_connection_counts_until_it_closes() {
-        let telemetry = Telemetry::new().unwrap();
+        let telemetry = Telemetry::new();
         let tracker = Rc::new(Tracker::new(8, 8));
         let ip = IpAddr::from([127, 0, 0, 1]);
         let admit = || tracker.admit(ip, &telemetry).map(|slot| Admitted { tracker: tracker.clone(), slot });
@@ -211,7 +211,7 @@ mod tests {
     /// out every other client's keep-alive (and handshakes).
     #[test]
     fn a_client_at_its_limit_or_holding_the_most_gives_up_its_own() {
-        let telemetry = Telemetry::new().unwrap();
+        let telemetry = Telemetry::new();
         let tracker = Tracker::new(6, 3);
         let ip = |n: u8| IpAddr::from([127, 0, 0, n]);
         let evicted = |s: &Arc<Slot>| s.evicted.load(Ordering::Acquire);
@@ -245,7 +245,7 @@ mod tests {
     fn handshake_turns_go_round_clients() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         rt.block_on(async {
-            let telemetry = Telemetry::new().unwrap();
+            let telemetry = Telemetry::new();
             let tracker = Tracker::new(64, 64);
             let ip = |n: u8| IpAddr::from([127, 0, 0, n]);
             let slots: Vec<_> = (1..=6).map(|n| tracker.admit(ip(n), &telemetry).unwrap()).collect();
@@ -273,7 +273,7 @@ mod tests {
     fn an_evicted_connection_closes_when_idle_or_after_its_answer() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         rt.block_on(async {
-            let telemetry = Telemetry::new().unwrap();
+            let telemetry = Telemetry::new();
             let tracker = Tracker::new(1, 1);
             let ip = IpAddr::from([127, 0, 0, 1]);
             // Chosen while idle; its request comes in at once.

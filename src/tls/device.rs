@@ -25,7 +25,7 @@ use openssl::x509::X509;
 
 use super::context::{context, dns_names, pair, short, unix_time, ByName, RETRY_FAILED};
 use crate::device::{DeviceState, TlsMode};
-use crate::watch::Stamp;
+use crate::file_stamp::Stamp;
 
 /// The device's self-signed CA, which Prometheus can use as `ca_file`.
 pub const CA_NAME: &str = "__ca__";

@@ -28,7 +28,7 @@ use openssl::ssl::SslAcceptor;
 use openssl::x509::X509;
 
 use crate::config::MetricsService;
-use crate::watch::Stamp;
+use crate::file_stamp::Stamp;
 use context::{certs, context, dns_names, file_error, pair, short, unix_time, Mtls, RETRY_FAILED};
 
 mod context;

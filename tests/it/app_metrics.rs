@@ -119,7 +119,7 @@ fn an_app_asking_for_credentials_is_a_state_logged_once() {
     }
     let log = d.wait_log("asks for credentials");
     assert_eq!(log.matches("asks for credentials").count(), 1, "{log}");
-    assert_eq!(log.matches("app_metrics").count(), 0, "not a collector failure: {log}");
+    assert_eq!(log.matches("collector app_metrics").count(), 0, "not a collector failure: {log}");
 }
 
 /// A collector that keeps failing for one reason is logged once, not on

@@ -106,7 +106,9 @@ fn each_prometheus_gets_a_format_it_offered_and_a_body_in_it() {
         assert_eq!((h.status, h.text()), (200, "ok\n".to_owned()), "{accept:?}");
         assert_eq!((h.header("vary"), h.header("cache-control")), (Some("Accept"), Some("no-store")));
     }
-    // A client that takes nothing the daemon writes: 406, naming it, counted.
+    // A client that takes nothing the daemon writes: 406, naming it,
+    // counted as a bad request, not as a scrape.
+    let scrapes = d.sample("jetkvm_exporter_scrapes_total", &[]);
     let before = d.sample("jetkvm_exporter_http_bad_requests_total", &[]);
     for refusing in
         ["application/openmetrics-text;version=1.0.0", "text/plain;version=1.0.0", "text/*;q=0, */*"]
@@ -117,6 +119,8 @@ fn each_prometheus_gets_a_format_it_offered_and_a_body_in_it() {
         assert_eq!(r.header("vary"), Some("Accept, Accept-Encoding"), "{refusing}");
     }
     assert_eq!(d.sample("jetkvm_exporter_http_bad_requests_total", &[]), before + 3.0);
+    // Only the three scrapes that read the counters (a 406 would be a fourth).
+    assert_eq!(d.sample("jetkvm_exporter_scrapes_total", &[]), scrapes + 3.0);
 }
 
 #[test]
