@@ -247,7 +247,6 @@ async fn handshake(
     let mut acceptor = Acceptor::new(ssl);
     acceptor.set_handshake_timeout(limit);
     let service = ServiceFactory::<Timed<TcpStream>>::new_service(&acceptor, ()).await.ok()?;
-    crate::tls::take_rejection();
     let result = tokio::select! {
         r = service.call(io) => r,
         () = slot.evict.notified() => {
@@ -271,8 +270,8 @@ async fn handshake(
             None
         }
         Err(TlsError::Tls(e)) => {
-            // Recorded by the verify callback in this same poll.
-            let recorded = crate::tls::take_rejection();
+            // Given by the verify callback, in the failure's own errors.
+            let recorded = e.ssl_error().and_then(crate::tls::rejection);
             let no_cert =
                 e.ssl_error().is_some_and(|s| s.errors().iter().any(|x| x.reason_code() == NO_PEER_CERT));
             match recorded.or((mtls && no_cert).then_some(Reason::ClientCertMissing)) {

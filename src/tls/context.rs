@@ -3,7 +3,6 @@
 //! file and the problem; what the configuration calls that file is the
 //! caller's to say.
 
-use std::cell::Cell;
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,24 +43,33 @@ pub(super) fn file_error(role: Role, path: &Path, what: impl std::fmt::Display) 
     FileError { role, message: format!("{}: {what}", path.display()) }
 }
 
-thread_local! {
-    /// Why the last client certificate was refused on this thread. The
-    /// handshake that fails does so in the same poll in which the callback
-    /// ran, and the listener takes the reason right then.
-    static REJECTED: Cell<Option<Reason>> = const { Cell::new(None) };
-}
+/// OpenSSL's error library for applications: a refusal's reason travels as
+/// an entry of the handshake's own error queue, so the failure that
+/// reaches the listener carries it (no side channel to clear or race).
+const ERR_LIB_USER: std::ffi::c_int = 128;
+
+/// The reasons the verify callback gives, by their reason code there.
+const REJECTIONS: [(Reason, std::ffi::c_int); 2] =
+    [(Reason::ClientCertInvalid, 1), (Reason::ClientCertNotAllowed, 2)];
 
 pub(super) fn reject(reason: Reason) {
-    REJECTED.with(|r| {
-        if r.get().is_none() {
-            r.set(Some(reason));
-        }
-    });
+    let code = REJECTIONS.iter().find(|(r, _)| *r == reason).map_or(0, |(_, c)| *c);
+    // SAFETY: starts an error record on this thread's queue and fills it;
+    // a null format adds no data.
+    unsafe {
+        openssl_sys::ERR_new();
+        openssl_sys::ERR_set_error(ERR_LIB_USER, code, std::ptr::null());
+    }
 }
 
-/// The reason the verify callback recorded, if any, and clears it.
-pub fn take_rejection() -> Option<Reason> {
-    REJECTED.with(Cell::take)
+/// The reason the verify callback gave, if any, in a failed handshake's
+/// errors.
+pub fn rejection(errors: &openssl::error::ErrorStack) -> Option<Reason> {
+    errors
+        .errors()
+        .iter()
+        .filter(|e| e.library_code() == ERR_LIB_USER)
+        .find_map(|e| REJECTIONS.iter().find(|(_, c)| *c == e.reason_code()).map(|(r, _)| *r))
 }
 
 /// A failed rebuild is retried at most this often while files keep

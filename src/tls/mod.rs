@@ -34,7 +34,7 @@ use context::{certs, context, dns_names, file_error, pair, short, unix_time, Mtl
 mod context;
 pub mod device;
 
-pub use context::{take_rejection, FileError, Role};
+pub use context::{rejection, FileError, Role};
 
 pub use device::DeviceTls;
 

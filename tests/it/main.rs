@@ -18,6 +18,8 @@ mod cli;
 mod collectors;
 /// The device config changing, torn and vanishing under a running daemon.
 mod device_state;
+/// What the README tells a user, checked against the daemon.
+mod docs;
 /// The general listener following the device's TLS while it changes.
 mod device_tls;
 /// Files vanishing and torn under load, SIGHUP storms.
