@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Post-build script for the JetKVM system image (Buildroot's
-# BR2_ROOTFS_POST_BUILD_SCRIPT; scripts/build-image runs it too).
+# BR2_ROOTFS_POST_BUILD_SCRIPT; scripts/build/build-image runs it too).
 # $1: the target root directory. VERSION (optional): the system version.
 # JETKVM_OTA_SIGNING_KEY (a secret key file) or JETKVM_OTA_PUBLIC_KEY (a
 # public key file): the key system updates must be signed with, pinned in

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Post-image script for the JetKVM system image (Buildroot's
-# BR2_ROOTFS_POST_IMAGE_SCRIPT; scripts/build-image runs it too).
+# BR2_ROOTFS_POST_IMAGE_SCRIPT; scripts/build/build-image runs it too).
 # $1: the images directory, holding rootfs.ext4 and, for the emulated
 # board, vmlinuz and initrd.cpio.gz. Writes:
 #   system.img, system.img.sha256  the system partition

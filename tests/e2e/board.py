@@ -2,7 +2,7 @@
 """End-to-end test of the firmware on the emulated board, scraped by a real
 Prometheus (Debian's `prometheus`, on 127.0.0.1).
 
-Boots out/board/system.img with scripts/boot-board, then runs Prometheus
+Boots out/board/system.img with scripts/board/boot-board, then runs Prometheus
 with five jobs against the board: basic auth with the device password, the
 metrics token (credentials_file), a wrong password, mTLS against the
 metrics service (with a client certificate), and the operator's kit's
@@ -97,7 +97,7 @@ def boot(c):
     """Boot the image; the daemon as init started it: its user, capabilities, version, probe."""
     board = c.board
     subprocess.run(
-        [f"{ROOT}/scripts/boot-board", "--detach", "--state", board.state,
+        [f"{ROOT}/scripts/board/boot-board", "--detach", "--state", board.state,
          "--http-port", str(board.http), "--metrics-port", str(board.metrics),
          "--test-disk", f"{ROOT}/out/board/testdisk.img"],
         check=True, stdout=subprocess.DEVNULL,
@@ -653,7 +653,7 @@ def kit(c):
     (but for what the board cannot have), and every rule evaluates."""
     board, prom = c.board, c.prom
     instance = f"127.0.0.1:({board.http}|{board.metrics})"
-    selectors = subprocess.run([f"{ROOT}/scripts/check-kit", "--selectors", instance],
+    selectors = subprocess.run([f"{ROOT}/scripts/checks/check-kit.py", "--selectors", instance],
                                check=True, capture_output=True, text=True).stdout.split()
     missing = [s for s in selectors if not prom.series(s, c.t0)]
     unexpected = [s for s in missing if not any(re.search(p, s) for p in BOARD_CANNOT)]

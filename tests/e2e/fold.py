@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""scripts/fold-into-system on the stock-shaped board's release
-(out/stock/system.tar, scripts/build-image --stock), checked from outside:
+"""scripts/build/fold-into-system on the stock-shaped board's release
+(out/stock/system.tar, scripts/build/build-image --stock), checked from outside:
 every file of the vendor's system the same (content, mode, owner, link
 target), uboot.img and boot.img byte-identical, ours added as
 buildroot/package/jetkvm-metrics/files.txt lists them, the result in the
@@ -23,7 +23,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lib import ROOT, check, failed, RESULTS  # noqa: E402
 
-FOLD = f"{ROOT}/scripts/fold-into-system"
+FOLD = f"{ROOT}/scripts/build/fold-into-system"
 STOCK = f"{ROOT}/out/stock/system.tar"
 
 

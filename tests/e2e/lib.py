@@ -217,7 +217,7 @@ class Board:
 
     def sh(self, command, timeout=30):
         out = subprocess.run(
-            [f"{ROOT}/scripts/board-console", f"{self.state}/console.sock", command, "--timeout", str(timeout)],
+            [f"{ROOT}/scripts/board/board-console.py", f"{self.state}/console.sock", command, "--timeout", str(timeout)],
             capture_output=True, text=True,
         )
         if out.returncode != 0:

@@ -4,10 +4,10 @@ by a real Prometheus (Debian's `prometheus`, on 127.0.0.1).
 
 On the host: the bootloader's A/B flow on a scratch disk (a corrupt record,
 tries running out), and semver precedence in the image's own BusyBox. Then
-four releases signed with one key, built by scripts/build-ota: N, N+1, N+2,
+four releases signed with one key, built by scripts/build/build-ota: N, N+1, N+2,
 and N+3 whose daemon cannot start; and hostile ones, as a man in the middle
 or a broken server would serve them. The board boots N in slot a
-(scripts/boot-board --ab) and reaches the releases on 127.0.0.1 through its
+(scripts/board/boot-board --ab) and reaches the releases on 127.0.0.1 through its
 one forwarded address. Checks that:
   1. a slot is confirmed by the daemon's own probe in every configuration
      it supports: the device's TLS off, pending, self-signed and custom;
@@ -146,7 +146,7 @@ def ab_flow_checks(work, boot_img):
         with open(boot_img, "rb") as src, open(disk, "r+b") as dst:
             dst.seek(parts[f"boot_{slot}"])
             dst.write(src.read())
-    tool = f"{ROOT}/scripts/ab-bootloader"
+    tool = f"{ROOT}/scripts/board/ab-bootloader.py"
 
     def select():
         return subprocess.run([tool, "select", disk], capture_output=True, text=True).stdout.strip()
@@ -210,7 +210,7 @@ def derive(releases, base, version, key, edit=None):
     os.remove(f"{images}/version")
     if edit:
         edit(img)
-    run(f"{ROOT}/scripts/build-ota", "--images", images, "--out", f"{releases}/{version}", "--version", version, "--key", key)
+    run(f"{ROOT}/scripts/build/build-ota", "--images", images, "--out", f"{releases}/{version}", "--version", version, "--key", key)
 
 
 def release_json(version, tar, **fields):
@@ -534,7 +534,7 @@ def build_releases(c):
     n, n1, n2, n3 = c.versions
     t0 = c.t0
     key, other = f"{work}/key.asc", f"{work}/other.asc"
-    build = f"{ROOT}/scripts/build-ota"
+    build = f"{ROOT}/scripts/build/build-ota"
     run(build, "--new-key", key)
     run(build, "--new-key", other)
     run(build, "--out", f"{releases}/{n}", "--version", n, "--key", key)
@@ -605,7 +605,7 @@ def first_boot(c):
 
     # N in slot a, scraped by Prometheus.
     subprocess.run(
-        [f"{ROOT}/scripts/boot-board", "--ab", "--detach", "--images", f"{releases}/{n}/images",
+        [f"{ROOT}/scripts/board/boot-board", "--ab", "--detach", "--images", f"{releases}/{n}/images",
          "--state", board.state, "--http-port", str(board.http), "--metrics-port", str(board.metrics),
          "--node-port", str(free_port()), "--update-port", str(port)],
         check=True, stdout=subprocess.DEVNULL,
@@ -709,7 +709,7 @@ def power_cut(c):
     until("N+2 being written", lambda: "POWER-CUT-NOW" in board.console()[cut:], 300)
     board.cut_power()
     disk = f"{board.state}/disk.img"
-    record = json.loads(run(f"{ROOT}/scripts/ab-bootloader", "show", disk).stdout)
+    record = json.loads(run(f"{ROOT}/scripts/board/ab-bootloader.py", "show", disk).stdout)
     check("power cut: the slot being written is unbootable on the disk",
           record["a"] == {"priority": 0, "tries": 0, "successful": 0}
           and record["b"] == {"priority": 15, "tries": 0, "successful": 1}, str(record))
@@ -721,7 +721,7 @@ def power_cut(c):
     check("power cut: system_a does not hold N+2's image (the write was cut)", written != sha256(f"{releases}/{n2}/images/system.img"))
     booted = len(board.bootloader_lines())
     subprocess.run(
-        [f"{ROOT}/scripts/boot-board", "--ab", "--keep-disk", "--detach", "--images", f"{releases}/{n}/images",
+        [f"{ROOT}/scripts/board/boot-board", "--ab", "--keep-disk", "--detach", "--images", f"{releases}/{n}/images",
          "--state", board.state, "--http-port", str(board.http), "--metrics-port", str(board.metrics),
          "--node-port", str(free_port()), "--update-port", str(port)],
         check=True, stdout=subprocess.DEVNULL,

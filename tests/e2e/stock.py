@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """End-to-end test of the stock-shaped board (board/stock): a JetKVM as its
 owner has it, before anything of ours is on it. Boots out/stock/system.tar
-(scripts/build-image --stock, the "vendor's release") with
-scripts/boot-board --stock, once, and checks in named phases:
+(scripts/build/build-image --stock, the "vendor's release") with
+scripts/board/boot-board --stock, once, and checks in named phases:
 
 - the start flow is the device's: inittab, rcS, S21appinit, the launcher
   (RkLunch.sh), the app from /userdata as three processes by role, which
@@ -14,7 +14,7 @@ scripts/boot-board --stock, once, and checks in named phases:
   and the tar's SHA-256).
 
 Then, on the same board, what an owner does: the release folded
-(scripts/fold-into-system), fetched onto the device, its hash checked
+(scripts/build/fold-into-system), fetched onto the device, its hash checked
 there, and installed with the device's own flasher (rk_ota, as the app
 runs it), then a reboot. In the folded slot: the app runs whole, the
 daemon runs from the launcher's hook as nobody with its one capability,
@@ -62,7 +62,7 @@ def boot(c):
     """The stock-shaped board from the vendor's release."""
     board = c.board
     subprocess.run(
-        [f"{ROOT}/scripts/boot-board", "--stock", "--detach", "--state", board.state,
+        [f"{ROOT}/scripts/board/boot-board", "--stock", "--detach", "--state", board.state,
          "--http-port", str(board.http), "--metrics-port", str(board.metrics),
          "--node-port", str(free_port()), "--test-disk", f"{ROOT}/out/board/testdisk.img",
          "--update-port", str(c.port)],
@@ -97,7 +97,7 @@ def userland(c):
     check("stock: every BusyBox link is an applet of the device's configuration",
           links <= stock and len(links) > 150, ", ".join(sorted(links - stock)))
     # (By the links: Debian's static BusyBox runs any applet it has from its
-    # shell, linked or not; scripts/check-stock-applets holds the device's
+    # shell, linked or not; scripts/checks/check-stock-applets.py holds the device's
     # scripts to the stock applets.)
     present = board.sh("for a in logger syslogd klogd stat su adduser unshare; do for d in /bin /sbin /usr/bin /usr/sbin; do"
                        " [ -e $d/$a ] && echo $a; done; done; true").split()
@@ -110,7 +110,7 @@ def userland(c):
     check("stock: nothing answers on the daemon's port", board.healthz() is None)
 
 
-# Where the board fetches releases (scripts/boot-board --update-port).
+# Where the board fetches releases (scripts/board/boot-board --update-port).
 URL = "http://10.0.2.100:8080"
 
 
@@ -127,7 +127,7 @@ def serve(directory, port):
 
 def fold(c, tar, name):
     out = f"{c.work}/releases/{name}"
-    r = subprocess.run([f"{ROOT}/scripts/fold-into-system", "--max-size", "64M", tar, out], capture_output=True, text=True)
+    r = subprocess.run([f"{ROOT}/scripts/build/fold-into-system", "--max-size", "64M", tar, out], capture_output=True, text=True)
     if r.returncode != 0:
         raise AssertionError(f"fold-into-system {tar}: {r.stderr}")
     return out
@@ -151,7 +151,7 @@ def bootloader_lines(board):
 
 
 def record(board):
-    out = subprocess.run([f"{ROOT}/scripts/ab-bootloader", "show", f"{board.state}/disk.img"],
+    out = subprocess.run([f"{ROOT}/scripts/board/ab-bootloader.py", "show", f"{board.state}/disk.img"],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 

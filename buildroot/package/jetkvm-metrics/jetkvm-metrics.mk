@@ -14,12 +14,12 @@ JETKVM_METRICS_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
 	--exclude /target --exclude /out --exclude /.git
 
 # A local source skips Buildroot's download step, where cargo-package
-# vendors the crates. scripts/vendor is that step for this tree: it fills
+# vendors the crates. scripts/build/vendor is that step for this tree: it fills
 # VENDOR/ from the crates named in Cargo.lock. Here the copied tree is
 # pointed at it, so the build runs --offline --locked as any cargo package.
 define JETKVM_METRICS_USE_VENDORED_CRATES
 	@test -d $(@D)/VENDOR || { \
-		echo "jetkvm-metrics: no VENDOR/ in $(JETKVM_METRICS_SITE): run scripts/vendor there first"; \
+		echo "jetkvm-metrics: no VENDOR/ in $(JETKVM_METRICS_SITE): run scripts/build/vendor there first"; \
 		exit 1; }
 	printf '\n[source.crates-io]\nreplace-with = "vendored-sources"\n\n[source.vendored-sources]\ndirectory = "VENDOR"\n' \
 		>> $(@D)/.cargo/config.toml

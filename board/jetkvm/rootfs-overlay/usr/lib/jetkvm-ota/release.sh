@@ -1,6 +1,6 @@
 # shellcheck shell=sh
 # Release metadata for BusyBox sh, sourced by /usr/sbin/jetkvm-ota: semver
-# precedence, and release.json read strictly. scripts/build-ota writes
+# precedence, and release.json read strictly. scripts/build/build-ota writes
 # release.json one "key": value per line, and signs it (release.json.sig);
 # it is read only after that signature verified, and still only in that
 # shape: anything else is refused, never guessed at.

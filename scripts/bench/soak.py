@@ -21,7 +21,7 @@ middles of its first and last thirds are some 2,000 scrapes; the floor may
 rise by at most 16 bytes a scrape on average. The smallest leak glibc can
 make, one 16-byte allocation per scrape, takes 32 bytes a scrape.
 
-usage: scripts/soak [--seconds N] [--rate R] [--binary PATH]
+usage: scripts/bench/soak.py [--seconds N] [--rate R] [--binary PATH]
 
 Defaults: 600 s at 100 scrapes/s (the long run); the test command runs a
 short one. Uses target/debug/jetkvm-metrics (what the tests built) unless
@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.dont_write_bytecode = True
 sys.path.insert(0, f"{ROOT}/tests/e2e")
 from lib import bound_addr, device_hash, rss_kib  # noqa: E402  (the end-to-end library)

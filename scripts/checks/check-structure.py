@@ -6,7 +6,7 @@ A file imports another when its code names an item of the other's module:
 through `crate::`, `super::`, `self::` or a child module's name. Declaring a
 child (`mod x;`) is not an import; unit tests (from `#[cfg(test)]` on) are
 left out, since they may reach anywhere. Prints each circle, one per line.
-Usage: scripts/check-structure [SRC_DIR]   (default: the repository's src/)
+Usage: scripts/checks/check-structure.py [SRC_DIR]   (default: the repository's src/)
 """
 import os
 import re
@@ -166,7 +166,7 @@ def circles(edges):
 
 
 def main():
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
     src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "src")
     modules, edges = graph(src)
     found = circles(edges)

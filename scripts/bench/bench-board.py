@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The side-by-side comparison inside the emulated board: jetkvm-metrics
 against Debian's armhf prometheus-node-exporter, on the benchmark variant of
-the image (scripts/build-image --bench adds node_exporter and the glibc it
+the image (scripts/build/build-image --bench adds node_exporter and the glibc it
 needs). Both serve TLS with basic auth against the device's own cost-10
 bcrypt hash; node_exporter runs only the collectors that match ours. Rounds
 alternate. Figures: RSS (smaps_rollup), CPU per scrape (from the guest's
@@ -21,7 +21,7 @@ on dummy_hcd), a stand-in for the device's app streaming from vivid's node,
 a stand-in for its native helper, and BusyBox httpd serving an exposition
 shaped like the app's (its Go runtime's families, three clients).
 
-usage: scripts/bench-board [--rounds N] [--scrapes N] [--fresh N] [--kvm-state] [--images DIR]
+usage: scripts/bench/bench-board.py [--rounds N] [--scrapes N] [--fresh N] [--kvm-state] [--images DIR]
 """
 
 import argparse
@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.dont_write_bytecode = True
 sys.path.insert(0, f"{ROOT}/tests/e2e")
 from lib import GADGET, TEST_DRIVERS, app_metrics, free_port  # noqa: E402  (the end-to-end library)
@@ -53,19 +53,19 @@ def main():
     a = ap.parse_args()
     images = a.images or f"{ROOT}/out/board-bench"
     if not a.images and not os.path.exists(f"{images}/system.img"):
-        subprocess.run([f"{ROOT}/scripts/build-image", "--bench"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([f"{ROOT}/scripts/build/build-image", "--bench"], check=True, stdout=subprocess.DEVNULL)
     work = tempfile.mkdtemp(prefix="jetkvm-bench-board-")
     state = f"{work}/state"
     http_port, metrics, node = free_port(), free_port(), free_port()
     disk = ["--test-disk", f"{ROOT}/out/board/testdisk.img"] if a.kvm_state else []
-    subprocess.run([f"{ROOT}/scripts/boot-board", "--images", images, "--state", state, "--detach",
+    subprocess.run([f"{ROOT}/scripts/board/boot-board", "--images", images, "--state", state, "--detach",
                     "--http-port", str(http_port), "--metrics-port", str(metrics), "--node-port", str(node),
                     "--icount", "0"] + disk,
                    check=True, stdout=subprocess.DEVNULL)
     qemu = int(open(f"{state}/qemu.pid").read())
 
     def sh(cmd, timeout=60):
-        out = subprocess.run([f"{ROOT}/scripts/board-console", f"{state}/console.sock", cmd, "--timeout", str(timeout)],
+        out = subprocess.run([f"{ROOT}/scripts/board/board-console.py", f"{state}/console.sock", cmd, "--timeout", str(timeout)],
                              capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(f"bench-board: {cmd!r} failed: {out.stdout}{out.stderr}")

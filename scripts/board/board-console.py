@@ -2,9 +2,9 @@
 """Runs one shell command on the emulated board's serial console and prints
 its output; exits with the command's status.
 
-usage: scripts/board-console SOCKET COMMAND [--timeout SECONDS]
+usage: scripts/board/board-console.py SOCKET COMMAND [--timeout SECONDS]
 
-SOCKET is the QEMU console socket scripts/boot-board prints (a root shell
+SOCKET is the QEMU console socket scripts/board/boot-board prints (a root shell
 runs on the board's console). The command runs in that shell; its output is
 framed by a unique marker so the prompt and the echoed command are not
 mistaken for it.

@@ -13,16 +13,16 @@ require and against the daemon it describes:
   rules.test.yml fires each alert at least once; every metric name in the
   rules is exported or recorded;
 - examples/*.json: file_sd target lists;
-- every Prometheus configuration in README.md, docs/kit/README.md and
-  examples/*.yml: `promtool check config --syntax-only`.
+- every Prometheus configuration in README.md, docs/*.md, docs/kit/README.md
+  and examples/*.yml: `promtool check config --syntax-only`.
 
 The names the daemon exports are read from its source (the metric names it
 writes) and from the golden exposition (the device app's families it
 re-exposes). promtool itself checks the rules and their tests in
 scripts/test.
 
-usage: scripts/check-kit [KIT_DIR]
-       scripts/check-kit --selectors [INSTANCE_REGEX]   (print every selector)
+usage: scripts/checks/check-kit.py [KIT_DIR]
+       scripts/checks/check-kit.py --selectors [INSTANCE_REGEX]   (print every selector)
 """
 import json
 import pathlib
@@ -34,7 +34,7 @@ import textwrap
 
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
 # PromQL words that look like names: functions, aggregations, keywords.
 PROMQL_WORDS = {
@@ -232,7 +232,7 @@ class Checker:
         files that exist only on the reader's Prometheus). A fragment of
         jobs is checked inside `scrape_configs:`."""
         blocks = []
-        for doc in (ROOT / "README.md", kit / "README.md"):
+        for doc in (ROOT / "README.md", kit / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
             for n, b in enumerate(re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S)):
                 if "job_name:" not in b and "scrape_configs:" not in b:
                     continue

@@ -7,16 +7,16 @@ libavb's A/B flow does, takes that slot's kernel and initramfs out of its
 and boots QEMU with androidboot.slot_suffix=_a or _b on the kernel command
 line. QEMU runs with -no-reboot: a reboot in the board ends QEMU and the
 loop boots again; a power-off ends the loop. The QEMU command comes from
-scripts/boot-board and carries the board's QMP control socket
+scripts/board/boot-board and carries the board's QMP control socket
 (-qmp unix:STATE/qmp.sock,server=on,wait=off, beside STATE/console.sock and
 the console log): each QEMU the loop starts opens it again at the same path,
 so `set_link` on netdev net0 reaches whichever boot is running (between two
 boots nothing listens there).
 
-usage: scripts/ab-bootloader init DISK     factory state: slot a good, slot b empty
-       scripts/ab-bootloader show DISK     the record, as JSON
-       scripts/ab-bootloader select DISK   one pass of the A/B flow (updates the record)
-       scripts/ab-bootloader boot DISK --console-log FILE -- QEMU-COMMAND...
+usage: scripts/board/ab-bootloader.py init DISK     factory state: slot a good, slot b empty
+       scripts/board/ab-bootloader.py show DISK     the record, as JSON
+       scripts/board/ab-bootloader.py select DISK   one pass of the A/B flow (updates the record)
+       scripts/board/ab-bootloader.py boot DISK --console-log FILE -- QEMU-COMMAND...
 
 The flow, as libavb's avb_ab_flow: a record with a bad magic, an unknown
 major version or a wrong CRC is replaced by the default (slot a priority 15,

@@ -9,13 +9,13 @@ one of the stock applets, the vendor's flasher (rk_ota) or our own daemon.
 A command the script uses only where the stock system's settings never
 lead is named in ONLY_ELSEWHERE with why.
 
-usage: scripts/check-stock-applets [SCRIPT...]   (default: the init script)
+usage: scripts/checks/check-stock-applets.py [SCRIPT...]   (default: the init script)
 """
 import os
 import re
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT = [f"{ROOT}/buildroot/package/jetkvm-metrics/S95jetkvm-metrics"]
 
 # BusyBox ash's builtins (and the POSIX special ones).
