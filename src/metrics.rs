@@ -6,7 +6,7 @@
 //! scrape that finds the same families and label sets as the last one only
 //! writes new values into them. Building them afresh allocated a `Metric`
 //! and its label strings for every sample, and sorted and freed them all,
-//! on every scrape (README, "Why the families are kept between scrapes").
+//! on every scrape (docs/DESIGN.md, "Why the families are kept between scrapes").
 //! Each family also keeps its text, written by `TextEncoder` again only
 //! after a value or label set in it changed: most of a scrape's families
 //! (sizes, limits, link attributes, idle connections) read the same as

@@ -227,10 +227,10 @@ class Checker:
                 self.fail(f"rules.test.yml: {a} is never tested firing")
 
     def configs(self, kit):
-        """Every Prometheus configuration shown in the READMEs, and the
-        examples, through `promtool check config --syntax-only` (they name
-        files that exist only on the reader's Prometheus). A fragment of
-        jobs is checked inside `scrape_configs:`."""
+        """Every Prometheus configuration shown in README.md, docs/kit/README.md
+        and docs/*.md, and the examples, through `promtool check config
+        --syntax-only` (they name files that exist only on the reader's
+        Prometheus). A fragment of jobs is checked inside `scrape_configs:`."""
         blocks = []
         for doc in (ROOT / "README.md", kit / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
             for n, b in enumerate(re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S)):

@@ -191,7 +191,7 @@ const VARY: &str = "Accept, Accept-Encoding";
 /// deadline), then every collector run (the exporter's own state among them)
 /// and encoded with the daemon's counters. The body goes out as it is, never
 /// gzipped: on the board gzip cost as much CPU as encrypting a body four
-/// times larger does, and kept 300 KiB more resident (README, "Why the
+/// times larger does, and kept 300 KiB more resident (docs/DESIGN.md, "Why the
 /// body is not compressed"). A client that refuses it, or the text format
 /// (see `formats`), gets 406.
 async fn scrape(req: HttpRequest, state: web::Data<State>) -> HttpResponse {

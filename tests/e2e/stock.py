@@ -134,8 +134,8 @@ def fold(c, tar, name):
 
 
 def install(board, name):
-    """The owner's way (README): fetch, check the hash on the device, hand
-    the tar to the device's flasher, reboot."""
+    """The owner's way (docs/FIRMWARE.md, "You own a JetKVM"): fetch, check
+    the hash on the device, hand the tar to the device's flasher, reboot."""
     out = board.sh(f"cd /userdata/jetkvm && wget -q -O update_system.tar.unverified {URL}/{name}/system.tar"
                    f" && wget -q -O system.tar.sha256 {URL}/{name}/system.tar.sha256"
                    " && echo \"$(cat system.tar.sha256)  update_system.tar.unverified\" | sha256sum -c"

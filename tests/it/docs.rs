@@ -30,7 +30,9 @@ fn shown() -> Vec<(String, String)> {
             section = s.trim_start_matches('[').split(']').next().unwrap().to_owned();
         } else if let Some((key, _)) = line.split_once('=') {
             let key = key.trim();
-            if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()) {
+            if !key.is_empty()
+                && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+            {
                 keys.push((section.clone(), key.to_owned()));
             }
         }
@@ -55,7 +57,11 @@ fn the_readme_shows_every_configuration_key_and_no_other() {
             .filter(|k| !section.is_empty() || !sections.contains(&k.as_str()))
             .filter(|k| section != "metrics_service" || k != "keypairs")
             .collect();
-        let got: BTreeSet<String> = shown.iter().filter(|(s, _)| s == section).map(|(_, k)| k.clone()).collect();
-        assert_eq!(got, want, "README.md, Configuration, section {section:?}: shown (left), accepted (right)");
+        let got: BTreeSet<String> =
+            shown.iter().filter(|(s, _)| s == section).map(|(_, k)| k.clone()).collect();
+        assert_eq!(
+            got, want,
+            "README.md, Configuration, section {section:?}: shown (left), accepted (right)"
+        );
     }
 }

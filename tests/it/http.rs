@@ -21,7 +21,7 @@ fn metrics_are_text_format_and_never_compressed() {
             ("Accept-Encoding", "gzip"),
         ],
     );
-    // Prometheus offers gzip; the body still goes out as it is (README).
+    // Prometheus offers gzip; the body still goes out as it is (docs/DESIGN.md).
     assert_eq!(zipped.status, 200);
     assert_eq!(zipped.header("content-encoding"), None);
     assert_eq!(zipped.header("vary"), Some("Accept, Accept-Encoding"));

@@ -18,10 +18,10 @@ mod cli;
 mod collectors;
 /// The device config changing, torn and vanishing under a running daemon.
 mod device_state;
-/// What the README tells a user, checked against the daemon.
-mod docs;
 /// The general listener following the device's TLS while it changes.
 mod device_tls;
+/// What the README tells a user, checked against the daemon.
+mod docs;
 /// Files vanishing and torn under load, SIGHUP storms.
 mod faults;
 /// Hostile input on every listener: malformed credentials, framing, TLS garbage.
