@@ -389,10 +389,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_absent_file_loads_as_a_device_not_set_up_and_a_broken_one_fails() {
-        let dir = std::env::temp_dir().join(format!("jkm-device-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("kvm_config.json");
-        let _ = std::fs::remove_file(&path);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvm_config.json");
         let d = DeviceState::new(path.clone());
         assert!(matches!(d.current().await, Err(Unavailable::Missing)));
         assert!(d.load_ok(), "no file yet: a device not set up, not a failed read");
@@ -400,7 +398,6 @@ mod tests {
         d.invalidate();
         assert!(d.current().await.is_err());
         assert!(!d.load_ok(), "a torn file is a failed read");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -85,33 +85,30 @@ impl Stamp {
 mod tests {
     use super::*;
 
-    fn file_with_mtime(name: &str, mtime: SystemTime) -> (std::path::PathBuf, std::fs::Metadata) {
-        let p = std::env::temp_dir().join(format!("jetkvm-metrics-watch-{}-{name}", std::process::id()));
-        std::fs::write(&p, b"x").unwrap();
-        std::fs::File::options().write(true).open(&p).unwrap().set_modified(mtime).unwrap();
-        let m = std::fs::metadata(&p).unwrap();
-        (p, m)
+    fn file_with_mtime(mtime: SystemTime) -> std::fs::Metadata {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), b"x").unwrap();
+        f.as_file().set_modified(mtime).unwrap();
+        std::fs::metadata(f.path()).unwrap()
     }
 
     /// Regression: a writer that set mtime back after writing made a file
     /// changed a moment ago look old, and trusted on stat alone.
     #[test]
     fn recent_ctime_is_recent_whatever_mtime_says() {
-        let (p, m) = file_with_mtime("old", UNIX_EPOCH + Duration::from_secs(1_000_000_000));
+        let m = file_with_mtime(UNIX_EPOCH + Duration::from_secs(1_000_000_000));
         assert!(FileKey::of(&m).racy);
         let ctime = UNIX_EPOCH + Duration::new(m.ctime() as u64, m.ctime_nsec() as u32);
         assert!(!FileKey::of_at(&m, ctime + RACY_WINDOW + Duration::from_millis(1)).racy);
-        std::fs::remove_file(p).unwrap();
     }
 
     /// Regression: a file dated in the future (the device's clock behind)
     /// was "recent" for ever, and re-read on every request.
     #[test]
     fn a_future_time_is_not_recent_once_ctime_is_old() {
-        let (p, m) = file_with_mtime("future", SystemTime::now() + Duration::from_secs(3600));
+        let m = file_with_mtime(SystemTime::now() + Duration::from_secs(3600));
         let ctime = UNIX_EPOCH + Duration::new(m.ctime() as u64, m.ctime_nsec() as u32);
         assert!(FileKey::of_at(&m, ctime).racy, "just changed: ctime is recent");
         assert!(!FileKey::of_at(&m, ctime + RACY_WINDOW + Duration::from_millis(1)).racy);
-        std::fs::remove_file(p).unwrap();
     }
 }

@@ -73,9 +73,8 @@ mod tests {
 
     #[test]
     fn only_a_regular_file_is_opened_and_a_fifo_never_waits() {
-        let dir = std::env::temp_dir().join(format!("jetkvm-metrics-files-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let fifo = dir.join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let link = dir.join("link");
@@ -98,6 +97,5 @@ mod tests {
             not_only_mine(&std::fs::metadata(&file).unwrap(), None).unwrap(),
             "writable by group or others (mode 664)"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -134,9 +134,8 @@ mod tests {
     /// ran on the defaults, whatever the file said.
     #[test]
     fn a_default_path_that_cannot_be_read_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("jetkvm-metrics-config-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let missing = dir.join("missing.toml");
         assert_eq!(load_or(None, &missing).unwrap().source, "built-in defaults");
         let looped = dir.join("loop.toml");
@@ -152,6 +151,5 @@ mod tests {
         let good = dir.join("good.toml");
         std::fs::write(&good, "workers = 1\n").unwrap();
         assert_eq!(load_or(None, &good).unwrap().source, good.display().to_string());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -256,7 +256,6 @@ mod tests {
 
     use super::*;
     use std::path::PathBuf;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// bcrypt of "right" at cost 4, in the device's `$2a$` form.
     fn hash() -> String {
@@ -274,23 +273,13 @@ mod tests {
     /// directory removed on drop.
     struct Scene {
         dir: PathBuf,
+        _tmp: tempfile::TempDir,
         auth: Authenticator,
     }
 
-    impl Drop for Scene {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
     fn scene(device: Option<&str>, tweak: impl FnOnce(&mut Config)) -> Scene {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "jetkvm-metrics-auth-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let mut config = Config {
             device_config: dir.join("kvm_config.json"),
             token_file: dir.join("token.sha256"),
@@ -301,7 +290,7 @@ mod tests {
         }
         tweak(&mut config);
         let device = Arc::new(DeviceState::new(config.device_config.clone()));
-        Scene { auth: Authenticator::new(&config, device), dir }
+        Scene { auth: Authenticator::new(&config, device), dir, _tmp: tmp }
     }
 
     fn basic(password: &str) -> Vec<u8> {

@@ -119,12 +119,10 @@ fn write(links: &[Link], out: &mut Families) {
 mod tests {
     use super::*;
 
-    fn dir(files: &[(&str, &str)]) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("jetkvm-netclass-{}-{}", std::process::id(), files.len()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+    fn dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
         for (name, text) in files {
-            std::fs::write(d.join(name), text).unwrap();
+            std::fs::write(d.path().join(name), text).unwrap();
         }
         d
     }
@@ -139,7 +137,7 @@ mod tests {
             ("carrier_changes", "3\n"),
         ]);
         assert_eq!(
-            link("eth0", &up),
+            link("eth0", up.path()),
             Link {
                 device: "eth0".into(),
                 operstate: "up".into(),
@@ -152,9 +150,7 @@ mod tests {
         // Down: carrier, speed and duplex are not readable (no files here);
         // a driver that does not know its speed says -1.
         let down = dir(&[("operstate", "down\n"), ("speed", "-1\n"), ("carrier_changes", "4\n")]);
-        let l = link("eth1", &down);
+        let l = link("eth1", down.path());
         assert_eq!((l.carrier, l.speed, l.duplex.as_deref(), l.carrier_changes), (None, None, None, Some(4)));
-        let _ = std::fs::remove_dir_all(up);
-        let _ = std::fs::remove_dir_all(down);
     }
 }

@@ -456,3 +456,46 @@ echo '# TYPE process_open_fds gauge'; echo 'process_open_fds 31'
 echo '# TYPE promhttp_metric_handler_requests_total counter'
 echo 'promhttp_metric_handler_requests_total{code="200"} 1234'
 } > /tmp/app/metrics""".replace("-le N", f"-le {sources}")
+
+
+class _Pid:
+    """A process known by its pid alone, as bound_addr asks it (Popen's poll)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def poll(self):
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return 1
+        except PermissionError:
+            pass  # another user's, and there
+        return None
+
+
+def main(argv):
+    """The helpers for the shell scripts (scripts/lib.sh calls these): one
+    implementation of each, here."""
+    cmd, args = (argv[0], argv[1:]) if argv else ("", [])
+    if cmd == "free-port" and not args:
+        print(free_port())
+    elif cmd == "device-hash" and not args:
+        print(device_hash(sys.stdin.read()))
+    elif cmd == "rss-kib" and len(args) == 1:
+        print(rss_kib(int(args[0])))
+    elif cmd == "bound-addr" and len(args) in (2, 3):
+        addr = bound_addr(args[0], _Pid(int(args[1])), *args[2:])
+        if addr is None:
+            return 1
+        host, port = addr
+        print(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    else:
+        print("usage: lib.py free-port | device-hash (password on stdin) | rss-kib PID"
+              " | bound-addr PORTS_FILE PID [ROLE]", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

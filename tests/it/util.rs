@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,19 +15,21 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A directory removed when dropped (`tempfile`'s, held for that alone),
+/// known by its path.
+pub struct TempDir(pub PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TempDir {
     pub fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "jetkvm-metrics-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
+        use std::os::unix::fs::PermissionsExt;
+        // 0755, as a directory made under the usual umask: a daemon that
+        // switched to its own user (the privilege tests) reads what is here.
+        let t = tempfile::Builder::new()
+            .prefix("jetkvm-metrics-test-")
+            .permissions(std::fs::Permissions::from_mode(0o755))
+            .tempdir()
+            .unwrap();
+        TempDir(t.path().to_path_buf(), t)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -39,12 +40,6 @@ impl TempDir {
         let p = self.path(name);
         std::fs::write(&p, content).unwrap();
         p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
