@@ -2,7 +2,7 @@
 # The system update's OpenPGP signing key, with Debian's GnuPG in a
 # throwaway home (the caller's keyrings are never touched). Used by
 # post-build.sh (the public key pinned in the image), post-image.sh (the
-# detached signature of system.tar) and scripts/build-ota.
+# detached signature of system.tar) and scripts/build/build-ota.
 #   ota-key.sh new KEYFILE        a new unprotected Ed25519 signing key
 #   ota-key.sh public KEYFILE OUT the binary public key, for gpgv --keyring
 #   ota-key.sh sign KEYFILE FILE  FILE.sig, a detached binary signature

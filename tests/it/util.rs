@@ -14,7 +14,6 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// A directory removed on drop.
 /// A directory removed when dropped (`tempfile`'s, held for that alone),
 /// known by its path.
 pub struct TempDir(pub PathBuf, #[allow(dead_code)] tempfile::TempDir);
