@@ -140,7 +140,7 @@ def scrapes(c):
     """Prometheus scrapes the board: basic auth, token, a wrong password, mTLS while off."""
     board = c.board
     c.t0 = time.time()
-    prom = c.prom = Prometheus(c.work, free_port(), board, kit_rules=True)
+    prom = c.prom = Prometheus.for_board(c.work, free_port(), board, kit_rules=True)
     until("Prometheus", lambda: prom.query("up") is not None, 60)
     until("basic and token jobs up", lambda: prom.up("basic") == 1 and prom.up("token") == 1, 60)
     check("prometheus: basic-auth job up", prom.up("basic") == 1)

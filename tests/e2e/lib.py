@@ -317,13 +317,25 @@ def kit_rules_copy(work):
 
 
 class Prometheus:
-    """Debian's Prometheus on loopback, scraping the board: basic auth, the
-    token, a wrong password (a metrics job of the kit's naming, so the kit's
-    "refused" alert can see it), mTLS, and the kit's credential-free health
-    job; with `kit_rules`, evaluating the kit's rules (short `for:`)."""
+    """Debian's Prometheus on loopback with `config` (the one harness of the
+    end-to-end tests: the boards' and the native daemon's)."""
 
-    def __init__(self, work, port, board, extra_jobs="", kit_rules=False):
+    def __init__(self, work, port, config):
         self.port = port
+        with open(f"{work}/prometheus.yml", "w") as f:
+            f.write(config)
+        self.proc = subprocess.Popen(
+            ["prometheus", f"--config.file={work}/prometheus.yml", f"--storage.tsdb.path={work}/tsdb",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=open(f"{work}/prometheus.log", "w"), stderr=subprocess.STDOUT,
+        )
+
+    @classmethod
+    def for_board(cls, work, port, board, extra_jobs="", kit_rules=False):
+        """Scraping the board: basic auth, the token, a wrong password (a
+        metrics job of the kit's naming, so the kit's "refused" alert can see
+        it), mTLS, and the kit's credential-free health job; with
+        `kit_rules`, evaluating the kit's rules (short `for:`)."""
         s = f"{board.state}/secrets"
         with open(f"{work}/password", "w") as f:
             f.write(board.secret("device-password"))
@@ -358,14 +370,9 @@ scrape_configs:
     metrics_path: /healthz
     static_configs: [{{targets: ["127.0.0.1:{board.http}"]}}]
 {extra_jobs}"""
-        with open(f"{work}/prometheus.yml", "w") as f:
-            f.write(config)
-        self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={work}/prometheus.yml", f"--storage.tsdb.path={work}/tsdb",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=open(f"{work}/prometheus.log", "w"), stderr=subprocess.STDOUT,
-        )
-        self.password_file = f"{work}/password"
+        prom = cls(work, port, config)
+        prom.password_file = f"{work}/password"
+        return prom
 
     def query(self, q):
         url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": q})

@@ -617,7 +617,7 @@ def first_boot(c):
     s = f"{board.state}/secrets"
     # The device's self-signed TLS, turned on during the confirm checks.
     certs = e2e.device_certificates(work)
-    prom = e2e.Prometheus(work, free_port(), board, extra_jobs=f"""
+    prom = e2e.Prometheus.for_board(work, free_port(), board, extra_jobs=f"""
   - job_name: token_tls
     scheme: https
     authorization: {{type: Bearer, credentials_file: {s}/token}}

@@ -185,7 +185,7 @@ def folded(c):
           "in the background" in board.console_text() or board.sh("ls /oem/usr/etc/init.d").split() == ["S95jetkvm-metrics"])
     log = board.sh("ls -l /run/jetkvm-metrics.log; ls /var/log 2>/dev/null | wc -l")
     check("folded: its log in RAM, bounded (no logger here)", "/run/jetkvm-metrics.log" in log, log)
-    prom = c.prom = Prometheus(c.work, free_port(), board)
+    prom = c.prom = Prometheus.for_board(c.work, free_port(), board)
     check("prometheus: the token job scrapes the folded stock device",
           until("token job up", lambda: prom.up("token") == 1, 90))
     check("prometheus: the HDMI state on vivid, through the folded daemon",

@@ -1,6 +1,6 @@
 //! The general listener following the device's TLS (`tls_mode` in the
 //! device config, certificates in `device_tls_dir`) while the daemon runs:
-//! real TLS clients at each step, and a real Prometheus across a rotation.
+//! real TLS clients at each step (a real Prometheus across a rotation: tests/e2e/native.py).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -250,43 +250,6 @@ fn pending_certificates_show_in_listener_info_and_the_log() {
     );
     let t = get(m, "/metrics", &[(k, &v)]).text();
     assert!(t.contains("address=\"") && t.contains("tls=\"tls\""), "{t}");
-}
-
-#[test]
-fn a_prometheus_https_job_stays_up_across_a_certificate_rotation() {
-    let d =
-        Daemon::start("", Some(&password_mode_tls(&hash("pw", Version::TwoA, 4), SESSION, "self-signed")));
-    let tls = d.dir.path("tls");
-    let ca = device_ca(&tls);
-    write_pair(&tls, "jetkvm.local", &pki::leaf(&ca, "jetkvm.local", &["jetkvm.local"], false, -1, 30), &ca);
-
-    // As a user would: the CA from the settings page (no credential), a
-    // token from the CLI.
-    let (r, _) = https(d.addr, &ca.cert_pem(), Some("jetkvm.local"), "/settings/ca.crt", &[]).unwrap();
-    let prometheus = Prometheus::https_job(&r.text(), "jetkvm.local", &new_token(&d), d.addr);
-    let query = |q: &str| prometheus.query(q);
-    wait_for("the job to be up", || query("up{job=\"jetkvm\"}") == Some(1.0));
-    let up_since = Instant::now();
-    let not_after = || query("max(jetkvm_exporter_tls_certificate_not_after_seconds{job=\"jetkvm\"})");
-    wait_for("the certificate's expiry, scraped", || not_after().is_some());
-    let before = not_after().unwrap();
-
-    // The device renews its leaf.
-    let renewed = pki::leaf(&ca, "jetkvm.local", &["jetkvm.local"], false, -1, 90);
-    write_pair(&tls, "jetkvm.local", &renewed, &ca);
-    wait_for("a scrape through the renewed certificate", || {
-        not_after().is_some_and(|n| n > before + 86_400.0)
-    });
-    // Scrapes since the job first went up: at least three (a busy machine
-    // scrapes late), and not one failed.
-    let window = || up_since.elapsed().as_secs().max(2) - 1;
-    wait_for("three scrapes since up", || {
-        query(&format!("count_over_time(up{{job=\"jetkvm\"}}[{}s])", window())).is_some_and(|n| n >= 3.0)
-    });
-    let q = format!("min_over_time(up{{job=\"jetkvm\"}}[{}s])", window());
-    assert_eq!(query(&q), Some(1.0), "a scrape failed across the rotation");
-    // And the old way in, plain HTTP, gets nothing.
-    assert_eq!(d.get("/metrics", &[]).status, 400);
 }
 
 /// What the daemon read from files and held, as the kernel counts it.
