@@ -65,7 +65,7 @@ class Daemon:
         if addr is None:
             raise AssertionError(f"the daemon did not start: see {work}/daemon.log")
         self.port = addr[1]
-        service = bound_addr(f"{work}/ports", self.proc, "metrics_service", timeout=1) if "[metrics_service]" in extra else None
+        service = "[metrics_service]" in extra and bound_addr(f"{work}/ports", self.proc, "metrics_service", 1)
         self.service_port = service[1] if service else None
 
     def token(self):
@@ -99,6 +99,20 @@ def write_tls(tls, files):
         os.replace(f"{tls}/{name}.tmp", f"{tls}/{name}")
 
 
+def https_job(d, work, ca_file, port):
+    """Prometheus with one job, jetkvm: HTTPS to `port` for jetkvm.local,
+    trusting `ca_file`, with a new token of `d`'s."""
+    with open(f"{work}/token", "w") as f:
+        f.write(d.token())
+    return Prometheus(work, free_port(), GLOBAL + f"""scrape_configs:
+  - job_name: jetkvm
+    scheme: https
+    tls_config: {{ca_file: {ca_file}, server_name: jetkvm.local}}
+    authorization: {{type: Bearer, credentials_file: {work}/token}}
+    static_configs: [{{targets: ["127.0.0.1:{port}"]}}]
+""")
+
+
 def window(since):
     return f"{max(int(time.monotonic() - since), 2) - 1}s"
 
@@ -121,15 +135,7 @@ def certificate_renewal(binary, work):
               ca.strip() == files["__ca__.crt"].strip())
         with open(f"{work}/ca.crt", "w") as f:
             f.write(ca)
-        with open(f"{work}/token", "w") as f:
-            f.write(d.token())
-        prom = Prometheus(work, free_port(), GLOBAL + f"""scrape_configs:
-  - job_name: jetkvm
-    scheme: https
-    tls_config: {{ca_file: {work}/ca.crt, server_name: jetkvm.local}}
-    authorization: {{type: Bearer, credentials_file: {work}/token}}
-    static_configs: [{{targets: ["127.0.0.1:{d.port}"]}}]
-""")
+        prom = https_job(d, work, f"{work}/ca.crt", d.port)
         until("the HTTPS job up", lambda: prom.up("jetkvm") == 1, 60)
         since = time.monotonic()
         not_after = 'max(jetkvm_exporter_tls_certificate_not_after_seconds{job="jetkvm"})'
@@ -207,15 +213,7 @@ def handshake_flood(binary, work):
     stop = threading.Event()
     handshakes = [0]
     try:
-        with open(f"{work}/token", "w") as f:
-            f.write(d.token())
-        prom = Prometheus(work, free_port(), GLOBAL + f"""scrape_configs:
-  - job_name: jetkvm
-    scheme: https
-    tls_config: {{ca_file: {work}/__ca__.crt, server_name: jetkvm.local}}
-    authorization: {{type: Bearer, credentials_file: {work}/token}}
-    static_configs: [{{targets: ["127.0.0.1:{d.service_port}"]}}]
-""")
+        prom = https_job(d, work, f"{work}/__ca__.crt", d.service_port)
         until("the job up", lambda: prom.up("jetkvm") == 1, 60)
         ctx = ssl.create_default_context(cafile=f"{work}/__ca__.crt")
 
