@@ -13,7 +13,8 @@ USAGE:
     jetkvm-metrics serve [--config FILE] [--pidfile FILE] [--ports-file FILE]
                          [--user UID:GID]
     jetkvm-metrics check-config [--config FILE]
-    jetkvm-metrics token new|revoke|status [--config FILE]
+    jetkvm-metrics token new [--keep-previous DURATION] [--config FILE]
+    jetkvm-metrics token revoke|status [--config FILE]
     jetkvm-metrics probe [--config FILE] [--require-app]
     jetkvm-metrics --help | --version
 
@@ -28,7 +29,10 @@ COMMANDS:
                   warnings on stderr; the device not being set up is fine.
     token new     Create a read-only metrics token, print it once on stdout
                   and store only its SHA-256 in token_file. Running it again
-                  rotates: the previous token stops working at once.
+                  rotates: the previous token stops working at once or,
+                  with --keep-previous DURATION (e.g. 10m, at most 24h),
+                  once that time is up, so Prometheus can be given the new
+                  token without a failed scrape.
     token revoke  Remove the token.
     token status  Say whether a token is set and since when (never the token).
     probe         Ask the daemon this configuration describes, from the
@@ -73,7 +77,8 @@ enum Command {
 
 #[derive(Clone, Copy)]
 enum TokenCommand {
-    New,
+    /// With how long the previous token keeps working, in seconds.
+    New(u64),
     Revoke,
     Status,
 }
@@ -102,6 +107,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
     let mut ports_file = None;
     let mut user = None;
     let mut require_app = false;
+    let mut keep_previous = None;
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Short('h') | Long("help") => return Ok(Parsed::Help),
@@ -116,6 +122,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
                 ports_file = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?));
             }
             Long("require-app") => require_app = true,
+            Long("keep-previous") => keep_previous = Some(keep_previous_value(&mut p)?),
             Short('u') | Long("user") => {
                 user = Some(p.value().map_err(|e| e.to_string())?.to_string_lossy().into_owned());
             }
@@ -124,20 +131,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
                     Some("serve") => Command::Serve,
                     Some("check-config") => Command::CheckConfig,
                     Some("probe") => Command::Probe,
-                    Some("token") => {
-                        let sub = p.value().map_err(|_| "token: missing new, revoke or status".to_owned())?;
-                        Command::Token(match sub.to_str() {
-                            Some("new") => TokenCommand::New,
-                            Some("revoke") => TokenCommand::Revoke,
-                            Some("status") => TokenCommand::Status,
-                            _ => {
-                                return Err(format!(
-                                    "token: unknown command {:?}: new, revoke or status",
-                                    sub.to_string_lossy()
-                                ))
-                            }
-                        })
-                    }
+                    Some("token") => Command::Token(token_command(&mut p)?),
                     Some("help") => return Ok(Parsed::Help),
                     _ => return Err(format!("unknown command {:?} (try --help)", v.to_string_lossy())),
                 });
@@ -147,6 +141,12 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
     }
     if require_app && !matches!(command, Some(Command::Probe)) {
         return Err("--require-app is an option of probe (try --help)".into());
+    }
+    if let Some(keep) = keep_previous {
+        match &mut command {
+            Some(Command::Token(TokenCommand::New(k))) => *k = keep,
+            _ => return Err("--keep-previous is an option of token new (try --help)".into()),
+        }
     }
     match command {
         Some(Command::Serve) => {
@@ -158,6 +158,28 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
         Some(command) => Ok(Parsed::Run(Args { command, config, pidfile, ports_file, user, require_app })),
         None => Err("missing command: serve, check-config, token or probe (try --help)".into()),
     }
+}
+
+/// `token`'s subcommand, the next value.
+fn token_command(p: &mut lexopt::Parser) -> Result<TokenCommand, String> {
+    let sub = p.value().map_err(|_| "token: missing new, revoke or status".to_owned())?;
+    match sub.to_str() {
+        Some("new") => Ok(TokenCommand::New(0)),
+        Some("revoke") => Ok(TokenCommand::Revoke),
+        Some("status") => Ok(TokenCommand::Status),
+        _ => Err(format!("token: unknown command {:?}: new, revoke or status", sub.to_string_lossy())),
+    }
+}
+
+/// `--keep-previous`'s duration, in seconds.
+fn keep_previous_value(p: &mut lexopt::Parser) -> Result<u64, String> {
+    let v = p.value().map_err(|e| e.to_string())?;
+    let d =
+        crate::config::parse_duration(&v.to_string_lossy()).map_err(|e| format!("--keep-previous: {e}"))?;
+    if d.as_secs() > crate::auth::token::MAX_KEEP_PREVIOUS {
+        return Err("--keep-previous: at most 24h".into());
+    }
+    Ok(d.as_secs())
 }
 
 /// Runs the command line and returns the exit code.
@@ -230,10 +252,19 @@ fn token(command: TokenCommand, path: Option<PathBuf>) -> i32 {
     let Some(config) = load(path.as_deref()) else { return 1 };
     let file = &config.token_file;
     let result = match command {
-        TokenCommand::New => token::create(file).map(|t| {
+        TokenCommand::New(keep) => token::create(file, keep).map(|t| {
             // The token on stdout alone, so it can be piped into a file.
             println!("{t}");
-            eprintln!("stored the token's SHA-256 in {}; any previous token no longer works", file.display());
+            match keep {
+                0 => eprintln!(
+                    "stored the token's SHA-256 in {}; any previous token no longer works",
+                    file.display()
+                ),
+                k => eprintln!(
+                    "stored the token's SHA-256 in {}; any previous token works {k} s more",
+                    file.display()
+                ),
+            }
         }),
         TokenCommand::Revoke => token::revoke(file).map(|had| {
             if had {
@@ -244,7 +275,10 @@ fn token(command: TokenCommand, path: Option<PathBuf>) -> i32 {
         }),
         TokenCommand::Status => token::status(file).map(|r| match r {
             Some(r) => {
-                println!("token set since {} ({})", crate::wording::rfc3339(r.created), file.display())
+                println!("token set since {} ({})", crate::wording::rfc3339(r.created), file.display());
+                if let Some((_, until)) = r.previous {
+                    println!("the previous token works until {}", crate::wording::rfc3339(until));
+                }
             }
             None => println!("no token ({})", file.display()),
         }),

@@ -5,6 +5,9 @@
 //! its own config). The file is written atomically with mode 0600 and
 //! re-read when it changes, so `token new` rotates and `token revoke`
 //! revokes without a restart. The token works whatever the device's state.
+//! A rotation may keep the previous token working for a bounded time
+//! (`--keep-previous`), so a Prometheus given the new one in that time
+//! never fails a scrape; the bound is checked on each request (no timer).
 //!
 //! Whoever can write the file can choose the token: a file or directory
 //! writable by anyone but the daemon's user (or root) refuses every token.
@@ -31,6 +34,8 @@ use crate::wording::io_reason;
 pub const PREFIX: &str = "jkm_";
 const HEADER: &str = "# jetkvm-metrics read-only metrics token: its SHA-256 only, never the token";
 const MAX_FILE: u64 = 4096;
+/// The longest a previous token may keep working after a rotation.
+pub const MAX_KEEP_PREVIOUS: u64 = 24 * 3600;
 
 /// What the token file holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,12 +43,16 @@ pub struct Record {
     pub sha256: [u8; 32],
     /// Unix seconds.
     pub created: u64,
+    /// The token this one replaced, and until when (Unix seconds) it
+    /// still works.
+    pub previous: Option<([u8; 32], u64)>,
 }
 
 impl Record {
     pub fn parse(text: &str) -> Result<Record, String> {
         let mut sha = None;
         let mut created = None;
+        let (mut previous, mut until) = (None, None);
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -54,17 +63,41 @@ impl Record {
                 Some(("created", v)) => {
                     created = Some(v.parse::<u64>().map_err(|_| "created is not a number")?)
                 }
-                _ => return Err(format!("line {}: not sha256=HEX or created=SECONDS", n + 1)),
+                Some(("previous_sha256", v)) => {
+                    previous = Some(parse_hex32(v).ok_or("previous_sha256 is not 64 hex digits")?)
+                }
+                Some(("previous_until", v)) => {
+                    until = Some(v.parse::<u64>().map_err(|_| "previous_until is not a number")?)
+                }
+                _ => return Err(format!("line {}: not KEY=VALUE of a token record", n + 1)),
             }
         }
+        let previous = match (previous, until) {
+            (Some(p), Some(u)) => Some((p, u)),
+            (None, None) => None,
+            _ => return Err("previous_sha256 and previous_until go together".into()),
+        };
         match (sha, created) {
-            (Some(sha256), Some(created)) => Ok(Record { sha256, created }),
+            (Some(sha256), Some(created)) => Ok(Record { sha256, created, previous }),
             _ => Err("missing sha256 or created".into()),
         }
     }
 
     fn render(&self) -> String {
-        format!("{HEADER}\nsha256={}\ncreated={}\n", crate::crypto::hex(&self.sha256), self.created)
+        let mut text =
+            format!("{HEADER}\nsha256={}\ncreated={}\n", crate::crypto::hex(&self.sha256), self.created);
+        if let Some((sha, until)) = &self.previous {
+            text += &format!("previous_sha256={}\nprevious_until={until}\n", crate::crypto::hex(sha));
+        }
+        text
+    }
+
+    /// Whether `presented`'s hash is this token, or the previous one
+    /// before its time is up. Both are compared whatever the first gives.
+    fn accepts(&self, presented: &[u8; 32], now: u64) -> bool {
+        let current = ct_eq(presented, &self.sha256);
+        let previous = self.previous.is_some_and(|(sha, until)| ct_eq(presented, &sha) & (now < until));
+        current | previous
     }
 }
 
@@ -95,10 +128,17 @@ fn now() -> u64 {
 }
 
 /// Creates (or rotates) the token: writes its hash atomically and returns
-/// the token, which is shown once and stored nowhere.
-pub fn create(path: &Path) -> Result<String, String> {
+/// the token, which is shown once and stored nowhere. With `keep_previous`
+/// (seconds, at most [`MAX_KEEP_PREVIOUS`]), the token it replaces, if
+/// one is set and readable, keeps working that long.
+pub fn create(path: &Path, keep_previous: u64) -> Result<String, String> {
     let token = generate();
-    let record = Record { sha256: hash(token.as_bytes()), created: now() };
+    let now = now();
+    let previous = match keep_previous.min(MAX_KEEP_PREVIOUS) {
+        0 => None,
+        keep => status(path)?.map(|old| (old.sha256, now + keep)),
+    };
+    let record = Record { sha256: hash(token.as_bytes()), created: now, previous };
     write_atomically(path, record.render().as_bytes())?;
     Ok(token)
 }
@@ -220,7 +260,7 @@ pub enum Check {
 struct Cached {
     /// The file and its directory: who may write either matters.
     stamp: Stamp,
-    state: Result<Option<[u8; 32]>, String>,
+    state: Result<Option<Record>, String>,
 }
 
 /// The live token file, re-read when it changes.
@@ -244,7 +284,7 @@ impl TokenStore {
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn current(&self) -> Result<Option<[u8; 32]>, String> {
+    fn current(&self) -> Result<Option<Record>, String> {
         let stamp = Stamp::of([self.path.as_path(), parent(&self.path)]);
         let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(cached) = c.as_ref() {
@@ -252,10 +292,7 @@ impl TokenStore {
                 return cached.state.clone();
             }
         }
-        let state = match status(&self.path) {
-            Ok(r) => Ok(r.map(|r| r.sha256)),
-            Err(e) => Err(e),
-        };
+        let state = status(&self.path);
         let changed = c
             .as_ref()
             .map(|old| old.state.as_ref().map(|o| o.is_some()) != state.as_ref().map(|s| s.is_some()));
@@ -273,7 +310,7 @@ impl TokenStore {
 
     pub fn check(&self, presented: &[u8]) -> Check {
         match self.current() {
-            Ok(Some(stored)) if ct_eq(&hash(presented), &stored) => Check::Valid,
+            Ok(Some(stored)) if stored.accepts(&hash(presented), now()) => Check::Valid,
             Ok(Some(_)) => Check::Invalid,
             Ok(None) => Check::NoToken,
             Err(_) => Check::Unavailable,
@@ -287,14 +324,48 @@ mod tests {
 
     #[test]
     fn record_round_trip_and_malformed() {
-        let r = Record { sha256: hash(b"x"), created: 1_700_000_000 };
-        assert_eq!(Record::parse(&r.render()), Ok(r));
-        for bad in ["", "sha256=00\ncreated=1\n", "sha256=zz\n", "created=1\n", "foo=bar\n", "garbage"] {
+        let r = Record { sha256: hash(b"x"), created: 1_700_000_000, previous: None };
+        assert_eq!(Record::parse(&r.render()), Ok(r.clone()));
+        let kept = Record { previous: Some((hash(b"old"), 1_700_000_600)), ..r };
+        assert_eq!(Record::parse(&kept.render()), Ok(kept.clone()));
+        let half = kept.render().replace("previous_until=1700000600\n", "");
+        for bad in ["", "sha256=00\ncreated=1\n", "sha256=zz\n", "created=1\n", "foo=bar\n", "garbage", &half]
+        {
             assert!(Record::parse(bad).is_err(), "{bad:?}");
         }
         // A pasted token is never quoted back.
         let e = Record::parse("# header\njkm_pasted-secret\n").unwrap_err();
-        assert_eq!(e, "line 2: not sha256=HEX or created=SECONDS");
+        assert_eq!(e, "line 2: not KEY=VALUE of a token record");
+    }
+
+    #[test]
+    fn the_previous_token_works_until_its_time_and_not_after() {
+        let r = Record { sha256: hash(b"new"), created: 100, previous: Some((hash(b"old"), 200)) };
+        assert!(r.accepts(&hash(b"new"), 150) && r.accepts(&hash(b"new"), 10_000));
+        assert!(r.accepts(&hash(b"old"), 199));
+        assert!(!r.accepts(&hash(b"old"), 200) && !r.accepts(&hash(b"other"), 150));
+        assert!(!Record { previous: None, ..r }.accepts(&hash(b"old"), 150));
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_previous_token_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t/token.sha256");
+        let first = create(&path, 0).unwrap();
+        let store = TokenStore::new(path.clone());
+        assert_eq!(store.check(first.as_bytes()), Check::Valid);
+        let second = create(&path, 600).unwrap();
+        store.invalidate();
+        assert_eq!(store.check(first.as_bytes()), Check::Valid);
+        assert_eq!(store.check(second.as_bytes()), Check::Valid);
+        let until = status(&path).unwrap().unwrap().previous.unwrap().1;
+        assert!((599..=601).contains(&(until - now())), "{until}");
+        // Rotating again without it drops both older tokens at once.
+        let third = create(&path, 0).unwrap();
+        store.invalidate();
+        assert_eq!(store.check(first.as_bytes()), Check::Invalid);
+        assert_eq!(store.check(second.as_bytes()), Check::Invalid);
+        assert_eq!(store.check(third.as_bytes()), Check::Valid);
     }
 
     #[test]

@@ -303,30 +303,31 @@ class Board:
         return {name: float(value) for name, _, value in series}
 
 
-def kit_rules_copy(work):
-    """The kit's rules (docs/kit/rules.yml) with every `for:` cut to 1 s, so
-    an alert provoked on the board fires within seconds. Nothing else of
-    them changes."""
+def kit_rules_copy(work, cut="1s", path=None):
+    """The kit's rules (docs/kit/rules.yml) with every `for:` cut to `cut`,
+    so an alert provoked on the board fires within seconds, written to
+    `path` (default `work`/kit-rules.yml). Nothing else of them changes."""
     with open(f"{ROOT}/docs/kit/rules.yml") as f:
         text = f.read()
-    short = re.sub(r"^(\s+for: )\S+$", r"\g<1>1s", text, flags=re.M)
-    path = f"{work}/kit-rules.yml"
+    short = re.sub(r"^(\s+for: )\S+$", r"\g<1>" + cut, text, flags=re.M)
+    path = path or f"{work}/kit-rules.yml"
     with open(path, "w") as f:
         f.write(short)
     return path
 
 
 class Prometheus:
-    """Debian's Prometheus on loopback with `config` (the one harness of the
-    end-to-end tests: the boards' and the native daemon's)."""
+    """Debian's Prometheus on loopback with `config` and any more `flags`
+    (the one harness of the end-to-end tests: the boards', the native
+    daemon's and the fleet's)."""
 
-    def __init__(self, work, port, config):
+    def __init__(self, work, port, config, flags=()):
         self.port = port
         with open(f"{work}/prometheus.yml", "w") as f:
             f.write(config)
         self.proc = subprocess.Popen(
             ["prometheus", f"--config.file={work}/prometheus.yml", f"--storage.tsdb.path={work}/tsdb",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", *flags],
             stdout=open(f"{work}/prometheus.log", "w"), stderr=subprocess.STDOUT,
         )
 

@@ -70,6 +70,32 @@ fn new_rotate_revoke_without_restart() {
     assert!(!log.contains(&first) && !log.contains(&second), "token in log");
 }
 
+/// A rotation that keeps the previous token for a while: both work, the
+/// status says until when, and the options are refused where they do not
+/// belong.
+#[test]
+fn a_rotation_can_keep_the_previous_token_for_a_while() {
+    let d = Daemon::start("", Some(&password_mode(&hash("pw", Version::TwoA, 4), "")));
+    let config = d.dir.path("config.toml");
+    let first = token_cmd(&config, "new").1.trim().to_owned();
+    let out =
+        Command::new(BIN).args(["token", "new", "--keep-previous", "10m", "--config"]).arg(&config).output();
+    let out = out.unwrap();
+    let second = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("works 600 s more"), "{out:?}");
+    assert_eq!(d.get("/metrics", &[("Authorization", &bearer(&first))]).status, 200);
+    assert_eq!(d.get("/metrics", &[("Authorization", &bearer(&second))]).status, 200);
+    let (_, status, _) = token_cmd(&config, "status");
+    assert!(status.contains("the previous token works until 20"), "{status}");
+    for bad in
+        [&["token", "new", "--keep-previous", "25h"][..], &["token", "status", "--keep-previous", "1m"]]
+    {
+        let out = Command::new(BIN).args(bad).arg("--config").arg(&config).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--keep-previous"), "{out:?}");
+    }
+}
+
 #[test]
 fn token_works_whatever_the_device_state() {
     let h = hash("pw", Version::TwoA, 4);
@@ -151,7 +177,7 @@ fn a_token_pasted_into_the_token_file_is_never_quoted() {
     drop(f);
     assert_eq!(d.get("/metrics", &[("Authorization", &bearer(&t))]).status, 401);
     let log = d.wait_log("refusing tokens");
-    assert!(log.contains("line 4: not sha256=HEX or created=SECONDS"), "{log}");
+    assert!(log.contains("line 4: not KEY=VALUE of a token record"), "{log}");
     let (code, out, err) = token_cmd(&d.dir.path("config.toml"), "status");
     assert_eq!(code, 1);
     let secret = &t[4..];
