@@ -179,6 +179,9 @@ fn keep_previous_value(p: &mut lexopt::Parser) -> Result<u64, String> {
     if d.as_secs() > crate::auth::token::MAX_KEEP_PREVIOUS {
         return Err("--keep-previous: at most 24h".into());
     }
+    if d.as_secs() == 0 {
+        return Err("--keep-previous: at least 1s".into());
+    }
     Ok(d.as_secs())
 }
 
@@ -252,17 +255,18 @@ fn token(command: TokenCommand, path: Option<PathBuf>) -> i32 {
     let Some(config) = load(path.as_deref()) else { return 1 };
     let file = &config.token_file;
     let result = match command {
-        TokenCommand::New(keep) => token::create(file, keep).map(|t| {
+        TokenCommand::New(keep) => token::create(file, keep).map(|(t, kept)| {
             // The token on stdout alone, so it can be piped into a file.
             println!("{t}");
-            match keep {
-                0 => eprintln!(
+            match kept {
+                None => eprintln!(
                     "stored the token's SHA-256 in {}; any previous token no longer works",
                     file.display()
                 ),
-                k => eprintln!(
-                    "stored the token's SHA-256 in {}; any previous token works {k} s more",
-                    file.display()
+                Some(until) => eprintln!(
+                    "stored the token's SHA-256 in {}; the previous token works {keep} s more, until {}",
+                    file.display(),
+                    crate::wording::rfc3339(until)
                 ),
             }
         }),
@@ -277,7 +281,10 @@ fn token(command: TokenCommand, path: Option<PathBuf>) -> i32 {
             Some(r) => {
                 println!("token set since {} ({})", crate::wording::rfc3339(r.created), file.display());
                 if let Some((_, until)) = r.previous {
-                    println!("the previous token works until {}", crate::wording::rfc3339(until));
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                    let ended = now.map(|n| n.as_secs() >= until).unwrap_or(false);
+                    let verb = if ended { "worked" } else { "works" };
+                    println!("the previous token {verb} until {}", crate::wording::rfc3339(until));
                 }
             }
             None => println!("no token ({})", file.display()),

@@ -316,7 +316,7 @@ mod tests {
     #[tokio::test]
     async fn the_token_works_in_every_device_state_and_never_opens_settings() {
         let s = scene(None, |_| {});
-        let token = token::create(&s.dir.join("token.sha256"), 0).unwrap();
+        let (token, _) = token::create(&s.dir.join("token.sha256"), 0).unwrap();
         let bearer = format!("Bearer {token}").into_bytes();
         // No device config at all: the token still reads metrics.
         assert_eq!(decide(&s, &[&bearer], &[], "127.0.0.1").await, Outcome::Allow(Method::Token));

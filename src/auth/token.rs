@@ -73,6 +73,11 @@ impl Record {
             }
         }
         let previous = match (previous, until) {
+            // Written with `created`, by the same clock: a longer keep is
+            // not ours, and is refused rather than honoured.
+            (Some(_), Some(u)) if created.is_some_and(|c| u > c + MAX_KEEP_PREVIOUS) => {
+                return Err("previous_until is more than 24 h after created".into())
+            }
             (Some(p), Some(u)) => Some((p, u)),
             (None, None) => None,
             _ => return Err("previous_sha256 and previous_until go together".into()),
@@ -128,10 +133,13 @@ fn now() -> u64 {
 }
 
 /// Creates (or rotates) the token: writes its hash atomically and returns
-/// the token, which is shown once and stored nowhere. With `keep_previous`
-/// (seconds, at most [`MAX_KEEP_PREVIOUS`]), the token it replaces, if
-/// one is set and readable, keeps working that long.
-pub fn create(path: &Path, keep_previous: u64) -> Result<String, String> {
+/// the token, which is shown once and stored nowhere, and until when the
+/// one it replaced still works. With `keep_previous` (seconds, at most
+/// [`MAX_KEEP_PREVIOUS`]), the token it replaces, if one is set, keeps
+/// working that long; one kept by an earlier rotation does not. A token
+/// file that cannot be read then fails the rotation, and nothing is
+/// written.
+pub fn create(path: &Path, keep_previous: u64) -> Result<(String, Option<u64>), String> {
     let token = generate();
     let now = now();
     let previous = match keep_previous.min(MAX_KEEP_PREVIOUS) {
@@ -140,7 +148,7 @@ pub fn create(path: &Path, keep_previous: u64) -> Result<String, String> {
     };
     let record = Record { sha256: hash(token.as_bytes()), created: now, previous };
     write_atomically(path, record.render().as_bytes())?;
-    Ok(token)
+    Ok((token, previous.map(|(_, until)| until)))
 }
 
 /// Removes the token; `Ok(false)` if there was none.
@@ -329,8 +337,17 @@ mod tests {
         let kept = Record { previous: Some((hash(b"old"), 1_700_000_600)), ..r };
         assert_eq!(Record::parse(&kept.render()), Ok(kept.clone()));
         let half = kept.render().replace("previous_until=1700000600\n", "");
-        for bad in ["", "sha256=00\ncreated=1\n", "sha256=zz\n", "created=1\n", "foo=bar\n", "garbage", &half]
-        {
+        let too_long = kept.render().replace("previous_until=1700000600", "previous_until=1700086401");
+        for bad in [
+            "",
+            "sha256=00\ncreated=1\n",
+            "sha256=zz\n",
+            "created=1\n",
+            "foo=bar\n",
+            "garbage",
+            &half,
+            &too_long,
+        ] {
             assert!(Record::parse(bad).is_err(), "{bad:?}");
         }
         // A pasted token is never quoted back.
@@ -351,17 +368,19 @@ mod tests {
     fn a_rotation_keeps_the_previous_token_only_when_asked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t/token.sha256");
-        let first = create(&path, 0).unwrap();
+        let (first, kept) = create(&path, 0).unwrap();
+        assert_eq!(kept, None);
         let store = TokenStore::new(path.clone());
         assert_eq!(store.check(first.as_bytes()), Check::Valid);
-        let second = create(&path, 600).unwrap();
+        let (second, kept) = create(&path, 600).unwrap();
         store.invalidate();
         assert_eq!(store.check(first.as_bytes()), Check::Valid);
         assert_eq!(store.check(second.as_bytes()), Check::Valid);
         let until = status(&path).unwrap().unwrap().previous.unwrap().1;
+        assert_eq!(kept, Some(until));
         assert!((599..=601).contains(&(until - now())), "{until}");
         // Rotating again without it drops both older tokens at once.
-        let third = create(&path, 0).unwrap();
+        let (third, _) = create(&path, 0).unwrap();
         store.invalidate();
         assert_eq!(store.check(first.as_bytes()), Check::Invalid);
         assert_eq!(store.check(second.as_bytes()), Check::Invalid);

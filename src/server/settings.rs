@@ -198,7 +198,7 @@ pub async fn token_action(
 async fn create(state: &State, v: &Visitor) -> Done {
     let path = state.config.token_file.clone();
     let had = token::status(&path).ok().flatten().is_some();
-    let created = web::block(move || token::create(&path, 0)).await;
+    let created = web::block(move || token::create(&path, 0).map(|(t, _)| t)).await;
     state.auth.tokens().invalidate();
     match created {
         Ok(Ok(t)) => {

@@ -52,6 +52,7 @@ impl App {
             .env("STANDIN_VIDEO", NODE)
             .env("STANDIN_TITLES", if titles { "1" } else { "0" })
             .env("STANDIN_NATIVE", &native_name)
+            .env("STANDIN_WATCHDOG", "none")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -38,6 +38,9 @@
  *   STANDIN_SEED    the kvm_config.json to write (default
  *                   /userdata/jetkvm/standin/kvm_config.json), when it exists
  *   STANDIN_CONFIG  where (default /userdata/kvm_config.json)
+ *   STANDIN_WATCHDOG the watchdog to feed (default /dev/watchdog), or none
+ *                   (on a host, whose watchdog would reboot it once the
+ *                   stand-in stops)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -192,7 +195,8 @@ static int app(const char *exe, int two_binaries)
 		argv[1] = "-subcomponent=native";
 		title("jetkvm: [app] ready");
 	}
-	int watchdog = open("/dev/watchdog", O_WRONLY | O_CLOEXEC);
+	const char *dog = env("STANDIN_WATCHDOG", "/dev/watchdog");
+	int watchdog = strcmp(dog, "none") ? open(dog, O_WRONLY | O_CLOEXEC) : -1;
 	pid_t pid = start(native, argv, deathsig, 1);
 	time_t ended = 0, fed = 0;
 	for (;;) {
