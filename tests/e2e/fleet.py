@@ -58,7 +58,7 @@ import yaml
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lib import (  # noqa: E402  (next to this file)
-    ROOT, RESULTS, Prometheus, bound_addr, check, device_hash, failed, free_port, kit_rules_copy, until,
+    ROOT, RESULTS, Prometheus, bound_addr, check, device_hash, failed, free_port, kit_rules_copy, rss_kib, until,
 )
 
 EXAMPLES = f"{ROOT}/docs/kit/examples"
@@ -121,7 +121,6 @@ class Device:
     """One JetKVM of the fleet: its state, its daemon, its app."""
 
     def __init__(self, fleet, i):
-        self.i = i
         self.name = f"kvm{i:04d}"
         self.host = f"{self.name}.lan"
         self.ip = f"127.0.{10 + i // 250}.{1 + i % 250}"
@@ -801,11 +800,6 @@ def on_cpu(pid):
     return total / 1e9
 
 
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 def timed_query(p, q, start, end, step):
     url = f"http://127.0.0.1:{p.port}/api/v1/query_range?" + urllib.parse.urlencode(
         {"query": q, "start": start, "end": end, "step": step})
@@ -856,7 +850,7 @@ def run_bench(fleet, seconds):
         took = time.monotonic() - t0
         w = f"{int(took)}s"
         cpu = {n: (cpu_seconds(p.proc.pid) - cpu0[n]) / took for n, p in proms.items()}
-        rss = {n: rss_mib(p.proc.pid) for n, p in proms.items()}
+        rss = {n: rss_kib(p.proc.pid) / 1024 for n, p in proms.items()}
         n = len(fleet.devices)
         print(f"\nfleet bench: {n} devices, {took:.0f} s measured at the examples' intervals (15 s scrapes,"
               " rules every 1 m), the rules as shipped")
